@@ -1,0 +1,1 @@
+//! The C4 cleaning pipeline for Common Crawl WET files.

@@ -1,0 +1,97 @@
+//! The `fisherkit` binary: parses arguments and calls library functions. Each
+//! capability's arguments live in its own module; the work lives in its crate.
+
+use clap::{Parser, Subcommand};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+mod bench;
+mod c4;
+mod fisher;
+mod merge;
+mod npeff;
+mod t5;
+mod train;
+mod zonotope;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "fisherkit",
+    version,
+    about = "T5, C4, Fisher merging, NPEFF and zonotope-vertex search in one binary"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create a randomly initialised T5 model directory (HF layout).
+    Init(t5::InitArgs),
+    /// Teacher-forced log-probabilities of targets given inputs.
+    Score(t5::ScoreArgs),
+    /// Greedy or beam-search decoding.
+    Generate(t5::GenerateArgs),
+    /// Train a text-to-text model.
+    Train(train::TrainArgs),
+    /// Generate on a data set and report task metrics.
+    Eval(train::EvalArgs),
+    /// Tokenizer tools.
+    Tokenizer(train::TokenizerArgs),
+    /// Task data: the built-in synthetic suite and formatters.
+    Tasks(train::TasksArgs),
+    /// The main job: build the synthetic suite, train a tokenizer and a tiny T5, evaluate.
+    Quickstart(train::QuickstartArgs),
+    /// Diagonal Fisher information of a model on a data set (and `fisher inspect`).
+    Fisher(fisher::FisherArgs),
+    /// Per-example Fishers written in the PEF format NPEFF reads.
+    Pefs(fisher::PefsArgs),
+    /// Experiments that reproduce the papers' central claims at small scale.
+    Experiment(fisher::ExperimentArgs),
+    /// Merge checkpoints (Fisher-weighted averaging and mergekit-style methods).
+    Merge(merge::MergeArgs),
+    /// NPEFF decompositions of per-example Fishers.
+    Npeff(npeff::NpeffArgs),
+    /// The C4 web-text cleaning pipeline.
+    C4(c4::C4Args),
+    /// Shallow ReLU networks as zonotope-vertex search.
+    Zonotope(zonotope::ZonotopeArgs),
+    /// Benchmarks (results go to BENCHMARKS.md).
+    Bench(bench::BenchArgs),
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FISHERKIT_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Init(a) => t5::init(a),
+        Command::Score(a) => t5::score(a),
+        Command::Generate(a) => t5::generate(a),
+        Command::Train(a) => train::train(a),
+        Command::Eval(a) => train::eval(a),
+        Command::Tokenizer(a) => train::tokenizer(a),
+        Command::Tasks(a) => train::tasks(a),
+        Command::Quickstart(a) => train::quickstart(a),
+        Command::Fisher(a) => fisher::fisher(a),
+        Command::Pefs(a) => fisher::pefs(a),
+        Command::Experiment(a) => fisher::experiment(a),
+        Command::Merge(a) => merge::merge(a),
+        Command::Npeff(a) => npeff::npeff(a),
+        Command::C4(a) => c4::c4(a),
+        Command::Zonotope(a) => zonotope::zonotope(a),
+        Command::Bench(a) => bench::bench(a),
+    };
+    if let Err(err) = result {
+        // `{:#}` prints the whole context chain on one line: file, line, field, cause.
+        eprintln!("error: {err:#}");
+        std::process::exit(1);
+    }
+}

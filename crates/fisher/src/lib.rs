@@ -1,0 +1,1 @@
+//! Diagonal dataset Fishers and per-example Fishers (diagonal and low-rank) from models.

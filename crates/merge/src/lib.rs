@@ -1,0 +1,1 @@
+//! Streaming safetensors merging: Fisher-weighted averaging and mergekit-style methods.

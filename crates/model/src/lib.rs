@@ -1,0 +1,1 @@
+//! The architecture-neutral model interface fisher, merge and NPEFF run on.

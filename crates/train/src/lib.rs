@@ -1,0 +1,1 @@
+//! Training loop, Adafactor and AdamW, schedules, checkpoints and resume.

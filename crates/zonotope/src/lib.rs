@@ -1,0 +1,1 @@
+//! Shallow ReLU network optimisation as zonotope-vertex search.
