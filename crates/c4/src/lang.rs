@@ -1,0 +1,19 @@
+//! Language identification with `whatlang` (trigram profiles, ~µs per page).
+//!
+//! The reference used `langdetect` and kept pages whose top language was English with
+//! probability ≥ 0.99. `langdetect` reports a posterior from a naive-Bayes model that
+//! saturates at ≈ 0.99999 on any clean English paragraph; `whatlang` reports a
+//! *confidence* in [0, 1] derived from the gap between its best and second-best language
+//! scores, normalised by text length, which is 1.0 for ordinary English pages and falls
+//! for short or mixed-language text. We use that confidence as the English probability
+//! (0 when the best language is not English), so `--lang-threshold` keeps its meaning
+//! "how sure must the detector be"; the README reports how the two compare on the real
+//! test pages.
+
+/// English probability of `text` as described above.
+pub fn english_probability(text: &str) -> f64 {
+    match whatlang::detect(text) {
+        Some(info) if info.lang() == whatlang::Lang::Eng => info.confidence(),
+        _ => 0.0,
+    }
+}
