@@ -113,6 +113,7 @@ fn whole(
         workers,
         memory_mb: 1024,
         force: true,
+        max_files: None,
     };
     let s = run_pipeline(&cfg)?;
     std::fs::remove_dir_all(&out).ok();

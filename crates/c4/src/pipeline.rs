@@ -115,11 +115,16 @@ pub struct RunConfig {
     pub memory_mb: u64,
     /// Replace a finished or foreign run in `out` instead of refusing.
     pub force: bool,
+    /// Read at most this many not-yet-processed input files in this invocation, then
+    /// stop; a later run with the same arguments resumes (for preemptible machines).
+    pub max_files: Option<usize>,
 }
 
 /// What a run did.
 #[derive(Debug, Serialize)]
 pub struct Summary {
+    /// False when `max_files` stopped the run early; rerun to continue.
+    pub complete: bool,
     pub counters: Counters,
     pub partitions: usize,
     pub input_files: usize,
@@ -219,8 +224,22 @@ pub fn run(cfg: &RunConfig) -> Result<Summary> {
         gate: MemoryGate::new(memory / 2),
         chunk_bytes: (memory / (4 * cfg.workers.max(1) as u64)).max(8 << 20) as usize,
     };
-    let (mut counters, resumed) = pool.install(|| map_stage(&ctx, &inputs, &sizes, total_gz))?;
-    if counters.get(Counter::PagesIn) == 0 {
+    let (mut counters, resumed, complete) =
+        pool.install(|| map_stage(&ctx, &inputs, &sizes, total_gz))?;
+    let elapsed = started.elapsed().as_secs_f64();
+    if !complete {
+        return Ok(Summary {
+            complete,
+            pages_per_second: counters.get(Counter::PagesIn) as f64 / elapsed,
+            mb_per_second: counters.get(Counter::BytesIn) as f64 / 1e6 / elapsed,
+            counters,
+            partitions,
+            input_files: inputs.len(),
+            resumed_files: resumed,
+            seconds: elapsed,
+        });
+    }
+    if complete && counters.get(Counter::PagesIn) == 0 {
         fs::remove_dir_all(&work).ok();
         bail!(
             "no page could be read from {} input file(s): {} not gzip, {} unreadable, {} truncated, {} malformed records",
@@ -261,6 +280,7 @@ pub fn run(cfg: &RunConfig) -> Result<Summary> {
 
     let seconds = started.elapsed().as_secs_f64();
     let summary = Summary {
+        complete,
         pages_per_second: counters.get(Counter::PagesIn) as f64 / seconds,
         mb_per_second: counters.get(Counter::BytesIn) as f64 / 1e6 / seconds,
         counters,
@@ -424,12 +444,14 @@ fn done_marker(work: &Path, task: usize) -> PathBuf {
     work.join(STAGE_MAP).join(format!("task-{task:06}.done"))
 }
 
+/// Returns the counters of all processed files, how many were done before this
+/// invocation, and whether every file is now done.
 fn map_stage(
     ctx: &Ctx,
     inputs: &[PathBuf],
     sizes: &[u64],
     total_gz: u64,
-) -> Result<(Counters, usize)> {
+) -> Result<(Counters, usize, bool)> {
     let mut counters = Counters::default();
     let mut todo = Vec::new();
     for (task, _) in inputs.iter().enumerate() {
@@ -453,7 +475,9 @@ fn map_stage(
             fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
         }
     }
-    // Largest files first keeps workers busy to the end.
+    // This invocation's share, then largest files first to keep workers busy to the end.
+    let complete = ctx.cfg.max_files.is_none_or(|n| n >= todo.len());
+    todo.truncate(ctx.cfg.max_files.unwrap_or(usize::MAX));
     todo.sort_by_key(|&t| std::cmp::Reverse(sizes[t]));
     let remaining: u64 = todo.iter().map(|&t| sizes[t]).sum();
     let progress = Progress::new(total_gz, total_gz - remaining);
@@ -467,7 +491,7 @@ fn map_stage(
         .collect::<Result<Vec<Counters>>>()?;
     progress.pb.finish_and_clear();
     results.iter().for_each(|c| counters.merge(c));
-    Ok((counters, resumed))
+    Ok((counters, resumed, complete))
 }
 
 /// Map-stage progress: compressed bytes as the bar, pages/s and MB/s of WET text.

@@ -222,8 +222,8 @@ mod tests {
             ["Dr. Smith paid $3.50 for it.", "Then he left!", "Did he?"]
         );
         assert_eq!(
-            sentences("He said \"no.\" She agreed. The U.S. Army came."),
-            ["He said \"no.\"", "She agreed.", "The U.S. Army came."]
+            sentences("He said \"stop.\" She agreed. The U.S. Army came."),
+            ["He said \"stop.\"", "She agreed.", "The U.S. Army came."]
         );
         assert_eq!(
             count_sentences("J. R. R. Tolkien wrote books, e.g. this one."),

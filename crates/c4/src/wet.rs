@@ -60,7 +60,7 @@ pub fn open(
     path: &Path,
     compressed: Arc<AtomicU64>,
     decompressed: Arc<AtomicU64>,
-) -> Result<WetReader<impl BufRead>> {
+) -> Result<WetReader<Box<dyn BufRead + Send>>> {
     let mut file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut magic = [0u8; 2];
     let n =
@@ -70,15 +70,19 @@ pub fn open(
         "{} is not gzip-compressed (WET files are concatenated gzip members)",
         path.display()
     );
+    if n == 0 {
+        // An empty file holds no records (a gzip decoder would call it truncated).
+        return Ok(WetReader::new(Box::new(std::io::empty())));
+    }
     let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let gz = flate2::read::MultiGzDecoder::new(BufReader::with_capacity(
         1 << 16,
         Counting::new(file, compressed),
     ));
-    Ok(WetReader::new(BufReader::with_capacity(
+    Ok(WetReader::new(Box::new(BufReader::with_capacity(
         1 << 16,
         Counting::new(gz, decompressed),
-    )))
+    ))))
 }
 
 fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {

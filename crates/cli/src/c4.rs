@@ -63,6 +63,10 @@ struct CleanArgs {
     /// Replace a finished run (or any content) in --out instead of refusing.
     #[arg(long)]
     force: bool,
+    /// Read at most N not-yet-processed input files, then stop; rerunning the same
+    /// command resumes (useful on preemptible machines).
+    #[arg(long)]
+    max_files: Option<usize>,
 }
 
 fn default_workers() -> usize {
@@ -106,9 +110,17 @@ fn clean(a: CleanArgs) -> anyhow::Result<()> {
         workers: a.workers.unwrap_or_else(default_workers).max(1),
         memory_mb: a.memory_mb,
         force: a.force,
+        max_files: a.max_files,
     };
     let summary = fisherkit_c4::run(&cfg).context("c4 clean")?;
     let c = &summary.counters;
+    if !summary.complete {
+        eprintln!(
+            "c4 clean: stopped after --max-files; {} pages read so far; rerun the same command to continue",
+            c.get(fisherkit_c4::Counter::PagesIn)
+        );
+        return Ok(());
+    }
     use fisherkit_c4::Counter::*;
     eprintln!(
         "c4 clean: {} pages in, {} out ({} train, {} validation) in {:.1}s ({:.0} pages/s, {:.1} MB/s); details in {}",
