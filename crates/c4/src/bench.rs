@@ -37,8 +37,8 @@ pub fn read_records(paths: &[PathBuf]) -> Result<Vec<Record>> {
     Ok(out)
 }
 
-/// Time `f` over all `texts` repeatedly for at least `min_secs`; (pages/s, MB/s).
-fn time_per_page(texts: &[String], min_secs: f64, mut f: impl FnMut(&str)) -> (f64, f64) {
+/// Time `f` over all `texts` repeatedly for at least `min_secs`; (pages/s, MB/s, seconds).
+fn time_per_page(texts: &[String], min_secs: f64, mut f: impl FnMut(&str)) -> (f64, f64, f64) {
     let bytes: usize = texts.iter().map(String::len).sum();
     let started = Instant::now();
     let mut rounds = 0;
@@ -50,6 +50,7 @@ fn time_per_page(texts: &[String], min_secs: f64, mut f: impl FnMut(&str)) -> (f
     (
         (texts.len() * rounds) as f64 / secs,
         (bytes * rounds) as f64 / 1e6 / secs,
+        secs,
     )
 }
 
@@ -97,6 +98,25 @@ fn generate(records: &[Record], dir: &Path, target_mb: u64) -> Result<Vec<PathBu
     Ok(paths)
 }
 
+/// CPU seconds (user + system) this process has used so far, from /proc (Linux); the
+/// machine may be shared, so per-core rates are reported per CPU-second as well.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 fn whole(
     label: &str,
     inputs: &[PathBuf],
@@ -115,15 +135,20 @@ fn whole(
         force: true,
         max_files: None,
     };
+    let cpu_before = cpu_seconds();
     let s = run_pipeline(&cfg)?;
+    let cpu = (cpu_seconds() - cpu_before).max(0.01);
     std::fs::remove_dir_all(&out).ok();
+    let pages = s.counters.get(Counter::PagesIn) as f64;
+    let mb = s.counters.get(Counter::BytesIn) as f64 / 1e6;
     println!(
-        "| whole pipeline, {label} | {workers} | {} | {:.0} | {:.1} | {:.0} | {:.1} |",
-        s.counters.get(Counter::PagesIn),
+        "| whole pipeline, {label} | {workers} | {pages} | {:.0} | {:.1} | {:.0} | {:.1} | {:.0} | {:.1} |",
         s.pages_per_second,
         s.mb_per_second,
         s.pages_per_second / workers as f64,
-        s.mb_per_second / workers as f64
+        s.mb_per_second / workers as f64,
+        pages / cpu,
+        mb / cpu,
     );
     Ok(())
 }
@@ -144,8 +169,8 @@ pub fn run(cfg: &BenchConfig) -> Result<()> {
         texts.len(),
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
-    println!("| what | workers | pages | pages/s | MB/s | pages/s per core | MB/s per core |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("| what | workers | pages | pages/s (wall) | MB/s (wall) | pages/s per worker | MB/s per worker | pages per CPU-s | MB per CPU-s |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     let mut sink = Counters::default();
     let cleaned: Vec<String> = texts
         .iter()
@@ -175,10 +200,14 @@ pub fn run(cfg: &BenchConfig) -> Result<()> {
         ),
     ];
     for (label, inputs, f) in steps {
-        let (pps, mbps) = time_per_page(inputs, 2.0, f);
+        let cpu_before = cpu_seconds();
+        let (pps, mbps, secs) = time_per_page(inputs, 2.0, f);
+        let cpu_share = ((cpu_seconds() - cpu_before) / secs).clamp(0.01, 1.0);
         println!(
-            "| {label} | 1 | {} | {pps:.0} | {mbps:.1} | {pps:.0} | {mbps:.1} |",
-            inputs.len()
+            "| {label} | 1 | {} | {pps:.0} | {mbps:.1} | {pps:.0} | {mbps:.1} | {:.0} | {:.1} |",
+            inputs.len(),
+            pps / cpu_share,
+            mbps / cpu_share
         );
     }
     let scratch = tempfile::tempdir().context("creating a scratch directory")?;

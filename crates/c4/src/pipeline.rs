@@ -980,7 +980,7 @@ fn write_compressed(path: &Path, bytes: &[u8], compression: Compression) -> Resu
     fisherkit_common::atomic::write_file(path, |w| {
         match compression {
             Compression::Gzip => {
-                let mut gz = flate2::write::GzEncoder::new(w, flate2::Compression::default());
+                let mut gz = flate2::write::GzEncoder::new(w, flate2::Compression::fast());
                 gz.write_all(bytes)?;
                 gz.finish()?;
             }

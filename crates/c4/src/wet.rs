@@ -4,7 +4,7 @@
 
 use anyhow::{Context, Result};
 use std::fs::File;
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -181,12 +181,15 @@ impl<R: BufRead> WetReader<R> {
                 return Item::Malformed("record without Content-Length".into());
             }
         };
-        let mut body = vec![0u8; length];
-        if let Err(e) = self.reader.read_exact(&mut body) {
-            return self.truncated(match e.kind() {
-                ErrorKind::UnexpectedEof => "the file ends inside a record body".into(),
-                _ => format!("reading a record body: {e}"),
-            });
+        // `take` + `read_to_end` fills the body without zeroing it first.
+        let mut body = Vec::with_capacity(length);
+        match (&mut self.reader)
+            .take(length as u64)
+            .read_to_end(&mut body)
+        {
+            Ok(n) if n == length => {}
+            Ok(_) => return self.truncated("the file ends inside a record body".into()),
+            Err(e) => return self.truncated(format!("reading a record body: {e}")),
         }
         Item::Record(Record {
             warc_type: warc_type.unwrap_or_default(),
