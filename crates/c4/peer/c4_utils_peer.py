@@ -35,7 +35,9 @@ def split_wet_file(path, stats):
     """c4_utils.split_wet_file: line-based, strips lines, skips blank ones."""
     def page(url, timestamp, content):
         text = "\n".join(content)
-        if not url or not text.strip():
+        if not url:  # warcinfo and other records without a target URI
+            return None
+        if not text.strip():
             stats["no_content"] += 1
             return None
         return {"url": url, "timestamp": timestamp, "text": text}
@@ -131,10 +133,11 @@ def main():
 
     s = time.perf_counter()
     cleaned = []
-    for p in newest.values():
+    for key, p in newest.items():
         text = clean_page(p["text"])
         if text is not None and badwords_re.search(text.lower()) is None:
-            cleaned.append(dict(p, text=text))
+            # After normalize_url the Beam key is the normalised URL; line dedup uses it.
+            cleaned.append(dict(p, text=text, key=key))
     t["clean+badwords"] = time.perf_counter() - s
 
     s = time.perf_counter()
@@ -142,13 +145,13 @@ def main():
     for p in cleaned:
         for line in p["text"].split("\n"):
             h = _hash(line)
-            owners.setdefault(h, set()).add(p["url"])
+            owners.setdefault(h, set()).add(p["key"])
     deduped = []
     for p in cleaned:
         seen, kept = set(), []
         for line in p["text"].split("\n"):
             h = _hash(line)
-            if min(owners[h], key=_hash) != p["url"] or h in seen:
+            if min(owners[h], key=_hash) != p["key"] or h in seen:
                 continue
             seen.add(h)
             kept.append(line)

@@ -176,7 +176,8 @@ pub fn run(cfg: &BenchConfig) -> Result<()> {
         .iter()
         .filter_map(|t| clean_page(t, &CleanConfig::TFDS, &mut sink))
         .collect();
-    let steps: [(&str, &[String], Box<dyn Fn(&str)>); 3] = [
+    type Step<'a> = (&'a str, &'a [String], Box<dyn Fn(&str) + 'a>);
+    let steps: [Step; 3] = [
         (
             "clean_page alone",
             &texts,

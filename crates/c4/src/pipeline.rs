@@ -518,7 +518,7 @@ impl Progress {
 
     fn page(&self) {
         let n = self.pages.fetch_add(1, Ordering::Relaxed) + 1;
-        if n % 512 == 0 {
+        if n.is_multiple_of(512) {
             let secs = self.started.elapsed().as_secs_f64().max(1e-9);
             self.pb
                 .set_position(self.compressed.load(Ordering::Relaxed));
@@ -731,9 +731,10 @@ fn url_reduce(ctx: &Ctx, spills: &[PathBuf], p: usize) -> Result<Counters> {
             let mut e = Enc(&mut kept);
             e.u128(page.key).str(page.url).str(page.date).str(text);
             dedup_units(text, ctx.cfg.options.dedup, &mut units);
+            let rank = keeper_rank(page.url);
             for u in &units {
                 keys.push(partition_of(u.key, ctx.partitions), |e| {
-                    e.u128(u.key).u128(page.key);
+                    e.u128(u.key).u128(rank).u128(page.key);
                 });
             }
         }
@@ -748,6 +749,12 @@ fn url_reduce(ctx: &Ctx, spills: &[PathBuf], p: usize) -> Result<Counters> {
         }
         Ok(c)
     })
+}
+
+/// Which page keeps a shared line: the smallest `md5(url.strip().lower())` of the
+/// normalised URL, as the reference's `min(urls, key=_hash_text)` over its URL keys.
+fn keeper_rank(url: &str) -> u128 {
+    md5_u128(normalize_url(url).trim().to_lowercase().as_bytes())
 }
 
 /// A de-duplication unit of a page: a line, or a window of three sentences.
@@ -809,16 +816,16 @@ fn key_reduce(ctx: &Ctx, spills: &[PathBuf], p: usize) -> Result<Counters> {
     ctx.gate.with(2 * bytes, || {
         let data = read_partition(spills, p)?;
         let mut dec = Dec::new(&data);
-        let mut pairs = Vec::with_capacity(data.len() / 32);
+        let mut entries = Vec::with_capacity(data.len() / 48);
         while !dec.done() {
-            pairs.push((dec.u128()?, dec.u128()?));
+            entries.push((dec.u128()?, dec.u128()?, dec.u128()?));
         }
-        pairs.sort_unstable();
-        pairs.dedup();
-        // For every key, the page with the smallest URL hash keeps it; the others lose it.
+        entries.sort_unstable();
+        entries.dedup();
+        // For every key, the page of smallest rank keeps it; the others lose it.
         let mut losers = SpillBuffer::new(ctx.partitions);
-        for group in pairs.chunk_by(|a, b| a.0 == b.0) {
-            for &(unit, page) in &group[1..] {
+        for group in entries.chunk_by(|a, b| a.0 == b.0) {
+            for &(unit, _, page) in &group[1..] {
                 losers.push(partition_of(page, ctx.partitions), |e| {
                     e.u128(page).u128(unit);
                 });
