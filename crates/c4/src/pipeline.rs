@@ -728,9 +728,14 @@ fn url_reduce(ctx: &Ctx, spills: &[PathBuf], p: usize) -> Result<Counters> {
             }
             c.merge(&page.counters);
             let Some(text) = page.text else { continue };
+            dedup_units(text, ctx.cfg.options.dedup, &mut units);
+            // The units travel with the page so the join need not recompute them.
             let mut e = Enc(&mut kept);
             e.u128(page.key).str(page.url).str(page.date).str(text);
-            dedup_units(text, ctx.cfg.options.dedup, &mut units);
+            e.u32(units.len() as u32);
+            for u in &units {
+                e.u128(u.key).u32(u.first as u32).u32(u.last as u32);
+            }
             let rank = keeper_rank(page.url);
             for u in &units {
                 keys.push(partition_of(u.key, ctx.partitions), |e| {
@@ -866,12 +871,20 @@ fn finalize(ctx: &Ctx, loser_spills: &[PathBuf], p: usize) -> Result<Counters> {
         let mut units = Vec::new();
         while !dec.done() {
             let (key, url, date, text) = (dec.u128()?, dec.str()?, dec.str()?, dec.str()?);
+            units.clear();
+            for _ in 0..dec.u32()? {
+                let (key, first, last) = (dec.u128()?, dec.u32()?, dec.u32()?);
+                units.push(Unit {
+                    key,
+                    first: first as usize,
+                    last: last as usize,
+                });
+            }
             let opts = &ctx.cfg.options;
             let deduped;
             let text = if opts.dedup == DedupMode::None {
                 text
             } else {
-                dedup_units(text, opts.dedup, &mut units);
                 deduped = apply_dedup(
                     text,
                     opts.dedup,

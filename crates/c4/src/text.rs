@@ -177,15 +177,35 @@ struct TokenIter<'a> {
 impl Iterator for TokenIter<'_> {
     type Item = (usize, usize);
     fn next(&mut self) -> Option<(usize, usize)> {
-        let rest = &self.s[self.pos..];
-        let skip = rest.find(|c: char| !is_py_space(c))?;
-        let start = self.pos + skip;
-        let len = self.s[start..]
-            .find(is_py_space)
-            .unwrap_or(self.s.len() - start);
+        let start = self.pos + scan(&self.s[self.pos..], false)?;
+        let len = scan(&self.s[start..], true).unwrap_or(self.s.len() - start);
         self.pos = start + len;
         Some((start, start + len))
     }
+}
+
+/// Byte offset of the first character whose "is whitespace" equals `space`, with an
+/// ASCII fast path (most web text is ASCII).
+fn scan(s: &str, space: bool) -> Option<usize> {
+    let bytes = s.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b < 0x80 {
+            let is_space = matches!(b, b' ' | b'\t'..=b'\r' | 0x1c..=0x1f);
+            if is_space == space {
+                return Some(i);
+            }
+            i += 1;
+        } else {
+            let c = s[i..].chars().next().expect("char boundary");
+            if is_py_space(c) == space {
+                return Some(i);
+            }
+            i += c.len_utf8();
+        }
+    }
+    None
 }
 
 #[cfg(test)]
