@@ -379,12 +379,30 @@ fn bad_files_are_counted_and_the_run_continues() {
     let latin1 = dir.path().join("latin1.warc.wet.gz");
     let mut body = [S1, S2, S3].join("\n").into_bytes();
     body.extend(b"\nCaf\xe9 au lait is served here all day long.");
-    write(&latin1, &[Record { body, ..page("https://latin1.example/", "d", "") }]);
+    let no_url = Record {
+        url: None,
+        ..page("", "d", S1)
+    };
+    write(
+        &latin1,
+        &[
+            Record {
+                body,
+                ..page("https://latin1.example/", "d", "")
+            },
+            no_url,
+        ],
+    );
     inputs.extend([plain.clone(), empty.clone(), truncated, latin1]);
     let s = run(&config(inputs, dir.path().join("out"), 2)).unwrap();
     assert_eq!(s.counters.get(Counter::FilesIn), 7);
     assert_eq!(s.counters.get(Counter::PagesInvalidUtf8), 1);
     assert_eq!(s.counters.get(Counter::Utf8Replacements), 1);
+    assert_eq!(
+        s.counters.get(Counter::RecordsMalformed),
+        1,
+        "conversion without a URL"
+    );
     assert_eq!(s.counters.get(Counter::FilesNotGzip), 1);
     assert_eq!(s.counters.get(Counter::FilesTruncated), 1);
     assert_balanced(&s.counters);
