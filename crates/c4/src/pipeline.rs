@@ -134,6 +134,28 @@ pub struct Summary {
     pub mb_per_second: f64,
 }
 
+impl Summary {
+    fn new(
+        counters: Counters,
+        complete: bool,
+        partitions: usize,
+        input_files: usize,
+        resumed_files: usize,
+        seconds: f64,
+    ) -> Summary {
+        Summary {
+            complete,
+            pages_per_second: counters.get(Counter::PagesIn) as f64 / seconds,
+            mb_per_second: counters.get(Counter::BytesIn) as f64 / 1e6 / seconds,
+            counters,
+            partitions,
+            input_files,
+            resumed_files,
+            seconds,
+        }
+    }
+}
+
 #[derive(Serialize, Deserialize, PartialEq, Debug)]
 struct Manifest {
     format: u32,
@@ -228,16 +250,14 @@ pub fn run(cfg: &RunConfig) -> Result<Summary> {
         pool.install(|| map_stage(&ctx, &inputs, &sizes, total_gz))?;
     let elapsed = started.elapsed().as_secs_f64();
     if !complete {
-        return Ok(Summary {
-            complete,
-            pages_per_second: counters.get(Counter::PagesIn) as f64 / elapsed,
-            mb_per_second: counters.get(Counter::BytesIn) as f64 / 1e6 / elapsed,
+        return Ok(Summary::new(
             counters,
+            false,
             partitions,
-            input_files: inputs.len(),
-            resumed_files: resumed,
-            seconds: elapsed,
-        });
+            inputs.len(),
+            resumed,
+            elapsed,
+        ));
     }
     if complete && counters.get(Counter::PagesIn) == 0 {
         fs::remove_dir_all(&work).ok();
@@ -279,16 +299,7 @@ pub fn run(cfg: &RunConfig) -> Result<Summary> {
     })?);
 
     let seconds = started.elapsed().as_secs_f64();
-    let summary = Summary {
-        complete,
-        pages_per_second: counters.get(Counter::PagesIn) as f64 / seconds,
-        mb_per_second: counters.get(Counter::BytesIn) as f64 / 1e6 / seconds,
-        counters,
-        partitions,
-        input_files: inputs.len(),
-        resumed_files: resumed,
-        seconds,
-    };
+    let summary = Summary::new(counters, true, partitions, inputs.len(), resumed, seconds);
     write_stats(cfg, &manifest, &summary)?;
     fs::remove_dir_all(&work).with_context(|| format!("removing {}", work.display()))?;
     Ok(summary)
