@@ -113,7 +113,7 @@ pub struct RunConfig {
     pub workers: usize,
     /// Memory budget for buffered map output and partitions being reduced.
     pub memory_mb: u64,
-    /// Replace a finished or foreign run in `out` instead of refusing.
+    /// Replace a finished or unfinished run in `out` instead of refusing.
     pub force: bool,
     /// Read at most this many not-yet-processed input files in this invocation, then
     /// stop; a later run with the same arguments resumes (for preemptible machines).
@@ -310,7 +310,21 @@ fn prepare_out_dir(cfg: &RunConfig, manifest: &Manifest) -> Result<PathBuf> {
     let out = &cfg.out;
     let work = out.join(WORK_DIR);
     let manifest_path = work.join("manifest.json");
-    let finished = out.join("stats.json").exists();
+    // A finished run is recognised by its stats.json, not by the name alone.
+    let finished = fs::read_to_string(out.join("stats.json"))
+        .is_ok_and(|s| s.contains("\"pages_balance_ok\""));
+    let is_empty = || {
+        fs::read_dir(out)
+            .with_context(|| format!("reading {}", out.display()))
+            .map(|mut d| d.next().is_none())
+    };
+    if out.exists() && !finished && !work.exists() && !is_empty()? {
+        // Never delete a directory that is not ours, even with --force.
+        bail!(
+            "{} exists and is not a C4 output directory; choose an empty or new --out",
+            out.display()
+        );
+    }
     if out.exists() && cfg.force {
         fs::remove_dir_all(out).with_context(|| format!("removing {} (--force)", out.display()))?;
     } else if finished {
@@ -336,16 +350,6 @@ fn prepare_out_dir(cfg: &RunConfig, manifest: &Manifest) -> Result<PathBuf> {
             );
         }
         return Ok(work);
-    } else if out.exists()
-        && fs::read_dir(out)
-            .with_context(|| format!("reading {}", out.display()))?
-            .next()
-            .is_some()
-    {
-        bail!(
-            "{} exists and is not a C4 output directory; choose an empty or new --out (or pass --force to replace it)",
-            out.display()
-        );
     }
     fs::create_dir_all(work.join(STAGE_MAP))
         .with_context(|| format!("creating {}", work.display()))?;

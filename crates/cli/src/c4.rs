@@ -60,7 +60,8 @@ struct CleanArgs {
     /// and --memory-mb, at least 16).
     #[arg(long)]
     partitions: Option<usize>,
-    /// Replace a finished run (or any content) in --out instead of refusing.
+    /// Replace a finished or unfinished C4 run in --out instead of refusing (other
+    /// directories are never deleted).
     #[arg(long)]
     force: bool,
     /// Read at most N not-yet-processed input files, then stop; rerunning the same
