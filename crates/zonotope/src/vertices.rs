@@ -30,6 +30,8 @@ pub struct Oracle<'a> {
     representatives: Vec<usize>,
     /// Feasible single flips per pattern, cached (the search revisits patterns).
     flips: HashMap<Vec<bool>, Vec<usize>>,
+    /// Find flips with one LP per example even where the hull shortcut applies.
+    lp_only: bool,
     pub lp_solves: u64,
 }
 
@@ -52,8 +54,15 @@ impl<'a> Oracle<'a> {
             zero_q: vec![0.0; k],
             rhs: vec![-1.0; data.n],
             flips: HashMap::new(),
+            lp_only: false,
             lp_solves: 0,
         }
+    }
+
+    /// Always use one LP per candidate flip (slow reference path, for validation).
+    pub fn lp_only(mut self) -> Self {
+        self.lp_only = true;
+        self
     }
 
     /// A weight vector realising `pattern` with margin (every `±x̃_iᵀw ≥ 1`), or None if
@@ -103,11 +112,47 @@ impl<'a> Oracle<'a> {
     }
 
     /// The examples whose bit can be flipped while staying a vertex (the facets of the
-    /// pattern's cone, i.e. the zonotope edges at this vertex).
+    /// pattern's cone, i.e. the zonotope edges at this vertex). `pattern` must be a vertex.
     pub fn feasible_flips(&mut self, pattern: &[bool]) -> Result<Vec<usize>> {
         if let Some(f) = self.flips.get(pattern) {
             return Ok(f.clone());
         }
+        let out = if self.data.d <= 2 && !self.lp_only {
+            let Some(w0) = self.witness(pattern)? else {
+                bail!("pattern is not a vertex; it has no neighbours");
+            };
+            self.hull_flips(pattern, &w0)
+        } else {
+            self.lp_flips(pattern)?
+        };
+        self.flips.insert(pattern.to_vec(), out.clone());
+        Ok(out)
+    }
+
+    /// Facets of the cone {w : g_kᵀw ≥ 0}, g_k = (2p_k − 1) x̃_k, with an interior point
+    /// w0: scaling each g_k to g_k/(g_kᵀw0) puts them on the hyperplane {zᵀw0 = 1}, and a
+    /// constraint is a facet exactly when its point is a vertex of their convex hull
+    /// (extreme rays of the dual cone). For d ≤ 2 the hull is 1- or 2-dimensional and
+    /// costs O(n log n) instead of n LPs.
+    fn hull_flips(&self, pattern: &[bool], w0: &[f64]) -> Vec<usize> {
+        let data = self.data;
+        let basis = orthonormal_complement(w0);
+        let points: Vec<(usize, Vec<f64>)> = self
+            .representatives
+            .iter()
+            .map(|&i| {
+                let side = if pattern[i] { 1.0 } else { -1.0 };
+                let g: Vec<f64> = data.row(i).iter().map(|v| side * v).collect();
+                let scale = dot(&g, w0);
+                (i, basis.iter().map(|b| dot(b, &g) / scale).collect())
+            })
+            .collect();
+        let mut out = hull_vertices(&points);
+        out.sort_unstable();
+        out
+    }
+
+    fn lp_flips(&mut self, pattern: &[bool]) -> Result<Vec<usize>> {
         let mut flipped = pattern.to_vec();
         let mut out = Vec::new();
         for r in 0..self.representatives.len() {
@@ -118,9 +163,69 @@ impl<'a> Oracle<'a> {
             }
             self.toggle(&mut flipped, i);
         }
-        self.flips.insert(pattern.to_vec(), out.clone());
         Ok(out)
     }
+}
+
+/// An orthonormal basis of the complement of w (Gram–Schmidt on the standard basis).
+fn orthonormal_complement(w: &[f64]) -> Vec<Vec<f64>> {
+    let norm = dot(w, w).sqrt();
+    let mut basis: Vec<Vec<f64>> = vec![w.iter().map(|v| v / norm).collect()];
+    for e in 0..w.len() {
+        let mut v: Vec<f64> = (0..w.len()).map(|c| f64::from(u8::from(c == e))).collect();
+        for b in &basis {
+            let p = dot(&v, b);
+            v.iter_mut().zip(b).for_each(|(x, y)| *x -= p * y);
+        }
+        let n = dot(&v, &v).sqrt();
+        if n > 1e-8 && basis.len() < w.len() {
+            basis.push(v.iter().map(|x| x / n).collect());
+        }
+    }
+    basis.remove(0);
+    basis
+}
+
+/// Indices of the vertices of the convex hull of points in R^1 or R^2 (points in the
+/// relative interior of a hull edge are not vertices).
+fn hull_vertices(points: &[(usize, Vec<f64>)]) -> Vec<usize> {
+    if points.len() <= 1 {
+        return points.iter().map(|p| p.0).collect();
+    }
+    if points[0].1.len() == 1 {
+        let by = |a: &&(usize, Vec<f64>), b: &&(usize, Vec<f64>)| a.1[0].total_cmp(&b.1[0]);
+        let lo = points.iter().min_by(by).expect("non-empty").0;
+        let hi = points.iter().max_by(by).expect("non-empty").0;
+        return if lo == hi { vec![lo] } else { vec![lo, hi] };
+    }
+    // Andrew's monotone chain, dropping collinear points (cross ≤ 0).
+    let mut pts: Vec<&(usize, Vec<f64>)> = points.iter().collect();
+    pts.sort_by(|a, b| a.1[0].total_cmp(&b.1[0]).then(a.1[1].total_cmp(&b.1[1])));
+    let cross = |o: &[f64], a: &[f64], b: &[f64]| {
+        (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0])
+    };
+    let mut hull: Vec<&(usize, Vec<f64>)> = Vec::with_capacity(2 * pts.len());
+    for pass in 0..2 {
+        let start = hull.len();
+        let iter: Box<dyn Iterator<Item = &&(usize, Vec<f64>)>> = if pass == 0 {
+            Box::new(pts.iter())
+        } else {
+            Box::new(pts.iter().rev())
+        };
+        for p in iter {
+            while hull.len() >= start + 2
+                && cross(&hull[hull.len() - 2].1, &hull[hull.len() - 1].1, &p.1) <= 0.0
+            {
+                hull.pop();
+            }
+            hull.push(p);
+        }
+        hull.pop(); // the last point starts the other chain
+    }
+    let mut ids: Vec<usize> = hull.iter().map(|p| p.0).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
 }
 
 /// Result of a vertex enumeration.
@@ -148,9 +253,16 @@ pub fn enumerate(
     let limit = max.unwrap_or(usize::MAX);
     progress.inc(1);
     while let Some(p) = queue.pop_front() {
+        // For d ≤ 2 the hull shortcut lists the edges directly; otherwise each unseen
+        // neighbour costs one LP.
+        let hull = data.d <= 2;
+        let candidates = if hull {
+            oracle.feasible_flips(&p)?
+        } else {
+            oracle.representatives().to_vec()
+        };
         let mut q = p.clone();
-        for r in 0..oracle.representatives().len() {
-            let i = oracle.representatives()[r];
+        for i in candidates {
             if order.len() >= limit {
                 return Ok(Enumeration {
                     vertices: order,
@@ -160,7 +272,7 @@ pub fn enumerate(
             }
             oracle.toggle(&mut q, i);
             if !seen.contains(&q) && !rejected.contains(&q) {
-                if oracle.is_vertex(&q)? {
+                if hull || oracle.is_vertex(&q)? {
                     seen.insert(q.clone());
                     order.push(q.clone());
                     queue.push_back(q.clone());
@@ -264,6 +376,23 @@ mod tests {
         assert!(s.distinct <= 6 && s.distinct >= 4);
         assert!(s.vertices.iter().all(|(p, _)| all.contains(p)));
         assert_eq!(s.vertices.iter().map(|v| v.1).sum::<usize>(), 500);
+    }
+
+    #[test]
+    fn hull_shortcut_agrees_with_one_lp_per_flip() {
+        for (n, d, seed) in [(12, 1, 5), (15, 2, 6), (20, 2, 7)] {
+            let data = random_data(n, d, seed);
+            let mut fast = Oracle::new(&data);
+            let mut slow = Oracle::new(&data).lp_only();
+            let e = enumerate(&data, Some(40), &indicatif::ProgressBar::hidden()).unwrap();
+            for p in &e.vertices {
+                assert_eq!(
+                    fast.feasible_flips(p).unwrap(),
+                    slow.feasible_flips(p).unwrap()
+                );
+            }
+            assert!(fast.lp_solves * 5 < slow.lp_solves);
+        }
     }
 
     #[test]
