@@ -727,8 +727,220 @@ pub fn zonotope(args: ZonotopeArgs) -> Result<()> {
 }
 
 #[derive(Args, Debug)]
-pub struct BenchArgs {}
+pub struct BenchArgs {
+    /// QP workload: examples, input dimension, units, number of neighbouring-vertex QPs.
+    #[arg(long, default_value_t = 100)]
+    n: usize,
+    #[arg(long, default_value_t = 2)]
+    d: usize,
+    #[arg(long, default_value_t = 4)]
+    m: usize,
+    #[arg(long, default_value_t = 2000)]
+    solves: usize,
+    /// QPs handed to the Python peer (it is much slower).
+    #[arg(long, default_value_t = 200)]
+    peer_solves: usize,
+    /// Compare run: examples, units, seeds (single-threaded on both sides).
+    #[arg(long, default_value_t = 40)]
+    compare_n: usize,
+    #[arg(long, default_value_t = 3)]
+    compare_m: usize,
+    #[arg(long, default_value_t = 4)]
+    compare_seeds: usize,
+    #[arg(long, default_value_t = 2000)]
+    compare_steps: usize,
+    /// Python interpreter with cvxpy, clarabel and numpy; empty to skip the peer.
+    #[arg(long, default_value = "python3")]
+    python: String,
+    #[arg(long, default_value = "scripts/zonotope_peer.py")]
+    peer_script: PathBuf,
+    /// Where the problem files for the peer are written.
+    #[arg(long, default_value = "target/zonotope-bench")]
+    workdir: PathBuf,
+}
 
-pub fn bench(_: BenchArgs) -> anyhow::Result<()> {
-    anyhow::bail!("not available yet")
+fn run_peer(a: &BenchArgs, mode: &str, input: &std::path::Path) -> Result<Option<Value>> {
+    if a.python.is_empty() {
+        return Ok(None);
+    }
+    let out = std::process::Command::new(&a.python)
+        .arg(&a.peer_script)
+        .arg(mode)
+        .arg(input)
+        .output()
+        .with_context(|| format!("running {} {}", a.python, a.peer_script.display()))?;
+    if !out.status.success() {
+        eprintln!(
+            "warning: Python peer failed ({mode}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return Ok(None);
+    }
+    Ok(Some(
+        serde_json::from_slice(&out.stdout).context("parsing the peer's JSON output")?,
+    ))
+}
+
+fn max_relative_difference(a: &[f64], b: &[f64]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs() / y.abs().max(1e-12))
+        .fold(0.0, f64::max)
+}
+
+fn rows_json(data: &Dataset) -> Value {
+    (0..data.n)
+        .map(|i| data.x[i * data.d..(i + 1) * data.d].to_vec())
+        .collect()
+}
+
+pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&a.workdir)
+        .with_context(|| format!("creating {}", a.workdir.display()))?;
+    let (data, walk) = fisherkit_zonotope::bench::neighbour_walk(a.n, a.d, a.m, a.solves, 0)?;
+    // Facet-reduced QPs: the oracle starts empty, so finding each new pattern's facets
+    // (one LP + a convex hull) is inside the timing.
+    let started = Instant::now();
+    let mut solver = QpSolver::new(true);
+    let mut oracle = fisherkit_zonotope::vertices::Oracle::new(&data);
+    let losses = walk
+        .iter()
+        .map(|u| solver.solve_reduced(&data, u, &mut oracle).map(|s| s.loss))
+        .collect::<Result<Vec<f64>>>()?;
+    let mut rates = vec![walk.len() as f64 / started.elapsed().as_secs_f64()];
+    let mut full_losses = Vec::new();
+    for reuse in [true, false] {
+        let mut solver = QpSolver::new(reuse);
+        let started = Instant::now();
+        full_losses = walk
+            .iter()
+            .map(|u| solver.solve(&data, u).map(|s| s.loss))
+            .collect::<Result<Vec<f64>>>()?;
+        rates.push(walk.len() as f64 / started.elapsed().as_secs_f64());
+    }
+    let agree = max_relative_difference(&losses, &full_losses);
+    out!(
+        "QP solves at neighbouring vertices, n={} d={} m={} ({} QPs):",
+        a.n,
+        a.d,
+        a.m,
+        walk.len()
+    );
+    out!(
+        "  rust, facet constraints only (default path):  {:>9.1} solves/s",
+        rates[0]
+    );
+    out!(
+        "  rust, all m·n constraints, solver reused:     {:>9.1} solves/s",
+        rates[1]
+    );
+    out!(
+        "  rust, all m·n constraints, fresh solver:      {:>9.1} solves/s",
+        rates[2]
+    );
+    out!(
+        "  facet-only vs all-constraint losses: max relative difference {agree:.1e} ({} facet-only solves fell back to all constraints)",
+        solver.fallbacks()
+    );
+    let peer_walk = &walk[..a.peer_solves.min(walk.len())];
+    let problems: Vec<Value> = peer_walk
+        .iter()
+        .map(|units| json!({"signs": units.iter().map(|u| u.sign).collect::<Vec<_>>(), "patterns": units.iter().map(|u| u.bits()).collect::<Vec<_>>()}))
+        .collect();
+    let qp_file = a.workdir.join("qp_problems.json");
+    fisherkit_common::atomic::write_json(
+        &qp_file,
+        &json!({"x": rows_json(&data), "y": data.y, "problems": problems}),
+    )?;
+    let mut report = json!({"qp": {"n": a.n, "d": a.d, "m": a.m, "solves": walk.len(), "rust_facets_per_s": rates[0], "rust_all_reused_per_s": rates[1], "rust_all_fresh_per_s": rates[2], "facets_vs_all_max_relative_difference": agree}});
+    if let Some(peer) = run_peer(&a, "qp", &qp_file)? {
+        let peer_rate = peer["solves_per_s"].as_f64().unwrap_or(f64::NAN);
+        let peer_losses: Vec<f64> = serde_json::from_value(peer["losses"].clone())?;
+        let max_rel = max_relative_difference(&peer_losses, &losses);
+        out!(
+            "  python cvxpy + clarabel:                      {:>9.1} solves/s ({} QPs)",
+            peer_rate,
+            peer_losses.len()
+        );
+        out!(
+            "  ratio (rust default / python): {:.1}×; all-constraint rust / python: {:.1}×; max relative loss difference {:.1e}",
+            rates[0] / peer_rate,
+            rates[1] / peer_rate,
+            max_rel
+        );
+        report["qp"]["python_per_s"] = json!(peer_rate);
+        report["qp"]["ratio"] = json!(rates[0] / peer_rate);
+        report["qp"]["max_relative_loss_difference"] = json!(max_rel);
+    }
+    let spec = data::SyntheticSpec {
+        n: a.compare_n,
+        d: a.d,
+        teacher_units: 8,
+        noise: 0.1,
+        seed: 0,
+    };
+    let problem = compare::Problem::Synthetic(spec);
+    let cfg = compare::Config {
+        units: a.compare_m,
+        seeds: a.compare_seeds,
+        first_seed: 0,
+        steps: a.compare_steps,
+        gd_lr: gd::Optimizer::Gd.default_lr(),
+        adam_lr: gd::Optimizer::Adam.default_lr(),
+        search_max_steps: 1000,
+        first_improvement: false,
+    };
+    let started = Instant::now();
+    let seeds = (0..cfg.seeds as u64)
+        .map(|s| compare::run_seed(&problem, &cfg, s))
+        .collect::<Result<Vec<_>>>()?;
+    let rust_seconds = started.elapsed().as_secs_f64();
+    out!(
+        "compare run, n={} d={} m={} seeds={} steps={} (single thread):",
+        a.compare_n,
+        a.d,
+        a.compare_m,
+        a.compare_seeds,
+        a.compare_steps
+    );
+    out!("  rust: {rust_seconds:.2}s");
+    let cases: Vec<Value> = (0..cfg.seeds as u64)
+        .map(|s| -> Result<Value> {
+            let data = problem.data_for(s)?;
+            let init = Network::random(data.d, cfg.units, s);
+            let w: Vec<Vec<f64>> = (0..init.units()).map(|j| init.unit_weights(j).to_vec()).collect();
+            Ok(json!({"seed": s, "x": rows_json(&data), "y": data.y, "signs": init.signs, "init": w}))
+        })
+        .collect::<Result<_>>()?;
+    let compare_file = a.workdir.join("compare_problems.json");
+    fisherkit_common::atomic::write_json(
+        &compare_file,
+        &json!({"gd_lr": cfg.gd_lr, "adam_lr": cfg.adam_lr, "steps": cfg.steps, "max_steps": cfg.search_max_steps, "seeds": cases}),
+    )?;
+    report["compare"] = json!({"rust_seconds": rust_seconds, "rust": seeds});
+    if let Some(peer) = run_peer(&a, "compare", &compare_file)? {
+        let py = peer["seconds"].as_f64().unwrap_or(f64::NAN);
+        out!("  python: {py:.2}s; ratio {:.1}×", py / rust_seconds);
+        out!("  seed  rust gd / adam / search              python gd / adam / search");
+        for (r, p) in seeds
+            .iter()
+            .zip(peer["seeds"].as_array().into_iter().flatten())
+        {
+            out!(
+                "  {:>4}  {:.4e} {:.4e} {:.4e}   {:.4e} {:.4e} {:.4e}",
+                r.seed,
+                r.gd,
+                r.adam,
+                r.search,
+                p["gd"].as_f64().unwrap_or(f64::NAN),
+                p["adam"].as_f64().unwrap_or(f64::NAN),
+                p["search"].as_f64().unwrap_or(f64::NAN)
+            );
+        }
+        report["compare"]["python_seconds"] = json!(py);
+        report["compare"]["python"] = peer["seeds"].clone();
+    }
+    fisherkit_common::atomic::write_json(&a.workdir.join("report.json"), &report)?;
+    out!("full report: {}", a.workdir.join("report.json").display());
+    Ok(())
 }

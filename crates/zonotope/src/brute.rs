@@ -62,6 +62,7 @@ pub fn solve(
     }
     let bar = progress(tuples);
     let mut qp = QpSolver::default();
+    let mut oracle = vertices::Oracle::new(data);
     let mut best: Option<(Vec<Unit>, Solution)> = None;
     let mut failed = 0;
     for positive in 0..=m {
@@ -75,7 +76,7 @@ pub fn solve(
                     pattern: verts[idx[j]].clone(),
                 })
                 .collect();
-            match qp.solve(data, &units) {
+            match qp.solve_reduced(data, &units, &mut oracle) {
                 Ok(sol) => {
                     if best.as_ref().is_none_or(|b| sol.loss < b.1.loss) {
                         best = Some((units, sol));

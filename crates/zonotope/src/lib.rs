@@ -10,6 +10,7 @@
 //! exact brute force ([`brute`]), seeded comparisons with a paired test ([`compare`]) and
 //! the sensitivity example at degenerate data ([`sensitivity`]).
 
+pub mod bench;
 pub mod brute;
 pub mod compare;
 pub mod construct;

@@ -10,6 +10,7 @@ use crate::data::Dataset;
 use crate::linalg::dot;
 use crate::network::{Network, Unit};
 use crate::solver::{upper_csc, Session};
+use crate::vertices::Oracle;
 use anyhow::{bail, ensure, Result};
 use clarabel::algebra::CscMatrix;
 use clarabel::solver::SolverStatus;
@@ -37,6 +38,11 @@ pub struct Solution {
 /// Solves pattern QPs, reusing one clarabel solver across calls of the same shape.
 pub struct QpSolver {
     session: Session,
+    /// Facet-reduced problems change shape from vertex to vertex, and reusing a solver
+    /// whose equilibration was computed for other facets stalled in testing; they always
+    /// get a fresh setup.
+    reduced: Session,
+    fallbacks: u64,
 }
 
 impl Default for QpSolver {
@@ -50,19 +56,61 @@ impl QpSolver {
     pub fn new(reuse: bool) -> Self {
         Self {
             session: Session::new(reuse),
+            reduced: Session::new(false),
+            fallbacks: 0,
         }
     }
 
     pub fn solves(&self) -> u64 {
-        self.session.solves
+        self.session.solves + self.reduced.solves
     }
 
     pub fn setups(&self) -> u64 {
-        self.session.setups
+        self.session.setups + self.reduced.setups
     }
 
-    /// Solve the QP for `units` (signs and patterns) on `data`.
+    /// Solve the QP for `units` (signs and patterns) on `data`, with all m·n constraints.
     pub fn solve(&mut self, data: &Dataset, units: &[Unit]) -> Result<Solution> {
+        self.solve_rows(data, units, None)
+    }
+
+    /// Solve with only the facet constraints of each unit's cone, found by `oracle`
+    /// (cheap for d ≤ 2, where they come from a convex hull; otherwise all constraints
+    /// are kept). The cone is the intersection of its facets, so the QP is the same; the
+    /// returned weights are still checked against every one of the m·n constraints.
+    pub fn solve_reduced(
+        &mut self,
+        data: &Dataset,
+        units: &[Unit],
+        oracle: &mut Oracle,
+    ) -> Result<Solution> {
+        if !oracle.has_cheap_facets() {
+            return self.solve(data, units);
+        }
+        let rows = units
+            .iter()
+            .map(|u| oracle.feasible_flips(&u.pattern))
+            .collect::<Result<Vec<_>>>()?;
+        // A failed reduced solve (clarabel occasionally stalls on the smaller problem) is
+        // retried with every constraint rather than reported as a failure.
+        self.solve_rows(data, units, Some(&rows)).or_else(|_| {
+            self.fallbacks += 1;
+            self.solve(data, units)
+        })
+    }
+
+    /// Reduced solves that failed and were redone with all constraints.
+    pub fn fallbacks(&self) -> u64 {
+        self.fallbacks
+    }
+
+    /// `rows[j]`: the examples whose constraints are imposed on unit j (None: all).
+    fn solve_rows(
+        &mut self,
+        data: &Dataset,
+        units: &[Unit],
+        rows: Option<&[Vec<usize>]>,
+    ) -> Result<Solution> {
         ensure!(!units.is_empty(), "the QP needs at least one unit");
         for (j, u) in units.iter().enumerate() {
             ensure!(
@@ -119,10 +167,21 @@ impl QpSolver {
             2.0 * v / n
         });
         let q: Vec<f64> = linear.iter().map(|v| -2.0 * v / n).collect();
-        let a = constraint_matrix(data, units);
-        let b = vec![0.0; m * data.n];
+        let reduced = rows.is_some();
+        let all: Vec<usize> = (0..data.n).collect();
+        let rows: Vec<&[usize]> = match rows {
+            Some(r) => r.iter().map(Vec::as_slice).collect(),
+            None => vec![all.as_slice(); m],
+        };
+        let a = constraint_matrix(data, units, &rows);
+        let b = vec![0.0; a.m];
         let constant = data.y.iter().map(|v| v * v).sum::<f64>() / n;
-        let out = self.session.solve(&p, &q, &a, &b)?;
+        let session = if reduced {
+            &mut self.reduced
+        } else {
+            &mut self.session
+        };
+        let out = session.solve(&p, &q, &a, &b)?;
         if !matches!(
             out.status,
             SolverStatus::Solved | SolverStatus::AlmostSolved
@@ -154,25 +213,28 @@ impl QpSolver {
     }
 }
 
-/// Rows (j, i): −(2p_ji − 1) x̃_iᵀ w_j ≤ 0, one block of n rows per unit.
-fn constraint_matrix(data: &Dataset, units: &[Unit]) -> CscMatrix<f64> {
+/// Rows (j, i): −(2p_ji − 1) x̃_iᵀ w_j ≤ 0 for i in rows[j], one block per unit.
+fn constraint_matrix(data: &Dataset, units: &[Unit], rows: &[&[usize]]) -> CscMatrix<f64> {
     let k = data.dim();
     let m = units.len();
+    let total: usize = rows.iter().map(|r| r.len()).sum();
     let mut colptr = Vec::with_capacity(m * k + 1);
-    let mut rowval = Vec::with_capacity(m * k * data.n);
-    let mut nzval = Vec::with_capacity(m * k * data.n);
+    let mut rowval = Vec::with_capacity(k * total);
+    let mut nzval = Vec::with_capacity(k * total);
     colptr.push(0);
+    let mut offset = 0;
     for (j, u) in units.iter().enumerate() {
         for c in 0..k {
-            for i in 0..data.n {
-                rowval.push(j * data.n + i);
+            for (r, &i) in rows[j].iter().enumerate() {
+                rowval.push(offset + r);
                 let side = if u.pattern[i] { 1.0 } else { -1.0 };
                 nzval.push(-side * data.row(i)[c]);
             }
             colptr.push(rowval.len());
         }
+        offset += rows[j].len();
     }
-    CscMatrix::new(m * data.n, m * k, colptr, rowval, nzval)
+    CscMatrix::new(total, m * k, colptr, rowval, nzval)
 }
 
 /// The largest violation of `(2p_ji − 1) x̃_iᵀ w_j ≥ 0`, relative to max|y|.
@@ -245,6 +307,26 @@ mod tests {
             );
         }
         assert_eq!(reused.setups(), 1);
+    }
+
+    #[test]
+    fn facet_reduced_qp_matches_full_qp() {
+        let data = data();
+        let mut oracle = Oracle::new(&data);
+        for seed in 0..6 {
+            let units = Network::random(2, 3, seed).units_at(&data);
+            let full = QpSolver::default().solve(&data, &units).unwrap();
+            let reduced = QpSolver::default()
+                .solve_reduced(&data, &units, &mut oracle)
+                .unwrap();
+            assert!(
+                (full.loss - reduced.loss).abs() < 1e-6 * (1.0 + full.loss),
+                "{} vs {}",
+                full.loss,
+                reduced.loss
+            );
+            assert!(reduced.max_violation <= VIOLATION_TOL);
+        }
     }
 
     #[test]

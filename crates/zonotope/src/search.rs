@@ -75,7 +75,7 @@ pub fn greedy(
     let qp_before = qp.solves();
     let mut rng = StdRng::seed_from_u64(opts.seed);
     let mut units = start;
-    let mut current = qp.solve(data, &units)?;
+    let mut current = qp.solve_reduced(data, &units, &mut oracle)?;
     let initial_loss = current.loss;
     let mut trajectory = vec![current.loss];
     let mut moves = Vec::new();
@@ -95,7 +95,7 @@ pub fn greedy(
         let mut evaluated = 0;
         for (j, i) in neighbours {
             oracle.toggle(&mut units[j].pattern, i);
-            let outcome = qp.solve(data, &units);
+            let outcome = qp.solve_reduced(data, &units, &mut oracle);
             oracle.toggle(&mut units[j].pattern, i);
             evaluated += 1;
             let Ok(sol) = outcome else {

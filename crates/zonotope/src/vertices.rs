@@ -95,6 +95,11 @@ impl<'a> Oracle<'a> {
         }
     }
 
+    /// Whether [`feasible_flips`](Self::feasible_flips) is cheap (convex hull, d ≤ 2).
+    pub fn has_cheap_facets(&self) -> bool {
+        self.data.d <= 2 && !self.lp_only
+    }
+
     /// Flip example i's bit, together with the bits of any identical rows.
     pub fn toggle(&self, pattern: &mut [bool], i: usize) {
         for &t in &self.twins[i] {
@@ -117,7 +122,7 @@ impl<'a> Oracle<'a> {
         if let Some(f) = self.flips.get(pattern) {
             return Ok(f.clone());
         }
-        let out = if self.data.d <= 2 && !self.lp_only {
+        let out = if self.has_cheap_facets() {
             let Some(w0) = self.witness(pattern)? else {
                 bail!("pattern is not a vertex; it has no neighbours");
             };
