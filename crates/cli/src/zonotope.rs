@@ -457,13 +457,14 @@ struct SearchArgs {
 
 fn run_search(a: SearchArgs) -> Result<()> {
     let (data, diag) = a.data.load(a.json)?;
-    let (start, gd_loss) = match a.init {
+    let (start, gd_run) = match a.init {
         Init::Random => (a.train.init(&data)?.units_at(&data), None),
         Init::Gd => {
             let run = a.train.train(&data)?;
-            (run.network.units_at(&data), Some(run.final_loss))
+            (run.network.units_at(&data), Some(run))
         }
     };
+    let gd_loss = gd_run.as_ref().map(|r| r.final_loss);
     let opts = search::Options {
         first_improvement: a.first_improvement,
         max_steps: a.max_steps,
@@ -471,7 +472,15 @@ fn run_search(a: SearchArgs) -> Result<()> {
     };
     let bar = progress::spinner("moves");
     let started = Instant::now();
-    let run = search::greedy(&data, start, &opts, &mut QpSolver::default(), &bar)?;
+    let incumbent = gd_run.as_ref().map(|r| &r.network);
+    let run = search::greedy(
+        &data,
+        start,
+        incumbent,
+        &opts,
+        &mut QpSolver::default(),
+        &bar,
+    )?;
     bar.finish_and_clear();
     if let Some(path) = &a.save_patterns {
         patterns::save(path, &run.units)?;

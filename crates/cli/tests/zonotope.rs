@@ -133,7 +133,10 @@ fn brute_force_is_no_worse_than_any_method_on_tiny_problems() {
                     "greedy must be monotone: {traj:?}"
                 );
                 if let Some(gd) = r["gd_loss"].as_f64() {
-                    assert!(r["run"]["final_loss"].as_f64().unwrap() <= gd * (1.0 + 1e-6) + 1e-9);
+                    assert!(
+                        r["run"]["final_loss"].as_f64().unwrap() <= gd,
+                        "search from GD ended above it"
+                    );
                 }
             }
             for opt in ["gd", "adam"] {

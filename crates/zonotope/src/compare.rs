@@ -90,7 +90,7 @@ pub fn run_seed(problem: &Problem, cfg: &Config, seed: u64) -> Result<SeedResult
     };
     let mut qp = QpSolver::default();
     let hidden = indicatif::ProgressBar::hidden();
-    let run = search::greedy(&data, init.units_at(&data), &opts, &mut qp, &hidden)?;
+    let run = search::greedy(&data, init.units_at(&data), None, &opts, &mut qp, &hidden)?;
     Ok(SeedResult {
         seed,
         initial_loss: init.loss(&data),
