@@ -107,23 +107,17 @@ pub fn solve(
 /// Advance `idx` = [positive block | negative block], each non-decreasing, to the next
 /// pair of multisets; false when exhausted.
 fn next_multiset(idx: &mut [usize], split: usize, v: usize) -> bool {
-    let blocks = [(split, idx.len()), (0, split)];
-    for (lo, hi) in blocks {
-        // Increment the last position of this block that can grow, reset those after it.
-        for p in (lo..hi).rev() {
-            if idx[p] + 1 < v {
-                idx[p] += 1;
-                for q in p + 1..hi {
-                    idx[q] = idx[p];
-                }
-                // Lower block positions restart (odometer carry into the next block).
-                return true;
-            }
+    // The negative block is the fast-moving digit of the odometer.
+    for (lo, hi) in [(split, idx.len()), (0, split)] {
+        // Increment the last position of this block that can grow; later ones follow it.
+        if let Some(p) = (lo..hi).rev().find(|&p| idx[p] + 1 < v) {
+            idx[p] += 1;
+            let value = idx[p];
+            idx[p + 1..hi].fill(value);
+            return true;
         }
-        // This block wrapped: reset it to all zeros and carry into the next block.
-        for q in lo..hi {
-            idx[q] = 0;
-        }
+        // This block wrapped: restart it and carry into the next block.
+        idx[lo..hi].fill(0);
     }
     false
 }

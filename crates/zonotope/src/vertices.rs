@@ -409,7 +409,7 @@ mod tests {
         // In the plane (d = 2) every vertex cone in R³ is polyhedral with ≥ 2 facets, and
         // a bit that is "1" for all points can only flip at extreme points of the data.
         let mut oracle = Oracle::new(&data);
-        let flips = oracle.feasible_flips(&vec![true; 8]).unwrap();
+        let flips = oracle.feasible_flips(&[true; 8]).unwrap();
         assert!(flips.len() >= 3 && flips.len() <= 8, "{flips:?}");
     }
 }
