@@ -320,8 +320,8 @@ fn check_general_position(data: &Dataset, max_subsets: u64, diag: &mut Diagnosti
         Some(rows) => {
             diag.general_position = Some(false);
             diag.warnings.push(format!(
-                "data not in general position: rows {rows:?} lie on a common affine \
-                 subspace of dimension < {k}−1. The vertex count falls below \
+                "data not in general position: rows {rows:?} are affinely dependent \
+                 (for d = 2: collinear; for d = 1: equal). The vertex count falls below \
                  2·Σ_(k≤d) C(n−1,k), and the optimal loss is discontinuous here: a tiny \
                  perturbation can create new activation patterns and lower the optimum by \
                  a finite amount (see `fisherkit zonotope sensitivity`)"

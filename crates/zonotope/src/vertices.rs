@@ -206,8 +206,17 @@ fn hull_vertices(points: &[(usize, Vec<f64>)]) -> Vec<usize> {
     // Andrew's monotone chain, dropping collinear points (cross ≤ 0).
     let mut pts: Vec<&(usize, Vec<f64>)> = points.iter().collect();
     pts.sort_by(|a, b| a.1[0].total_cmp(&b.1[0]).then(a.1[1].total_cmp(&b.1[1])));
+    // Orientation with a relative dead zone: exactly collinear data (degenerate position)
+    // rounds to tiny crosses of either sign, and such middle points are not facets.
     let cross = |o: &[f64], a: &[f64], b: &[f64]| {
-        (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0])
+        let (ax, ay, bx, by) = (a[0] - o[0], a[1] - o[1], b[0] - o[0], b[1] - o[1]);
+        let c = ax * by - ay * bx;
+        let scale = (ax * ax + ay * ay).sqrt() * (bx * bx + by * by).sqrt();
+        if c.abs() <= 1e-12 * scale {
+            0.0
+        } else {
+            c
+        }
     };
     let mut hull: Vec<&(usize, Vec<f64>)> = Vec::with_capacity(2 * pts.len());
     for pass in 0..2 {
@@ -398,6 +407,23 @@ mod tests {
             }
             assert!(fast.lp_solves * 5 < slow.lp_solves);
         }
+    }
+
+    #[test]
+    fn collinear_points_are_not_facets() {
+        // Rows 1–3 collinear (d = 2): 2 fewer vertices than general position; hull and
+        // LPs agree on every vertex.
+        let data = crate::data::parse_csv("0,0,1\n1,1,2\n2,2,3\n0,1,0\n0.3,2,1\n", "t").unwrap();
+        let e = enumerate(&data, None, &indicatif::ProgressBar::hidden()).unwrap();
+        let mut slow = Oracle::new(&data).lp_only();
+        let mut fast = Oracle::new(&data);
+        for p in &e.vertices {
+            assert_eq!(
+                fast.feasible_flips(p).unwrap(),
+                slow.feasible_flips(p).unwrap()
+            );
+        }
+        assert!((e.vertices.len() as u64) < general_position_vertex_count(5, 2));
     }
 
     #[test]
