@@ -109,7 +109,7 @@ fn write_synthetic(
             shape: s.clone(),
         })
         .collect();
-    let mut w = StreamWriter::create(path, tensor_specs, metadata)?;
+    let mut w = StreamWriter::create(path, tensor_specs, metadata, false)?;
     let width = dtype_width(dtype);
     let mut bytes = Vec::new();
     for (ti, (name, shape)) in specs.iter().enumerate() {
@@ -293,6 +293,7 @@ pub fn run(opts: &BenchOptions) -> Result<()> {
                     force: false,
                     max_shard_bytes: 5_000_000_000,
                     recipe_text: Some(text.clone()),
+                    fsync: false,
                 },
             )?;
             let row = BenchRow {

@@ -206,7 +206,7 @@ pub fn write_fisher(
         .suffix(".tmp")
         .tempfile_in(&dir)
         .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
-    let mut w = StreamWriter::create(tmp.path(), specs, &header)?;
+    let mut w = StreamWriter::create(tmp.path(), specs, &header, true)?;
     for (name, _, values) in tensors {
         let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
         w.write_tensor(name, &bytes)?;
