@@ -29,7 +29,7 @@ pub struct MergeArgs {
     #[arg(long)]
     fisher: Vec<String>,
     /// Weight of the model at the same position (default: equal weights).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     weight: Vec<f64>,
     /// Density of the model at the same position (ties, dare_*).
     #[arg(long)]
