@@ -14,7 +14,7 @@ use std::time::Instant;
 use crate::checkpoint::{
     decode_f32, dtype_name, dtype_width, encode_f32, is_float, parse_dtype, Checkpoint, TensorRef,
 };
-use crate::fisher_file::FisherFile;
+use crate::fisher_file::{valid_fisher_value, FisherFile};
 use crate::methods::{self, Input, MergeMethod, TensorJob, CHUNK};
 use crate::recipe::{Recipe, Resolver, Scalar, ScalarOrGradient, Setting};
 use crate::writer::{ShardedWriter, TensorSpec};
@@ -598,7 +598,7 @@ impl Plan {
                     let bad_fisher = b
                         .fishers
                         .iter()
-                        .any(|f| f.iter().any(|v| !(*v >= 0.0) || v.is_infinite()));
+                        .any(|f| f.iter().any(|v| !valid_fisher_value(*v)));
                     (!b.merged.iter().all(|v| v.is_finite()) || bad_fisher).then_some(c)
                 })
             })
@@ -626,7 +626,7 @@ impl Plan {
         }
         for (f, input) in self.fishers.iter().zip(&job.fishers) {
             input.read(start, &mut buf);
-            if let Some(v) = buf.iter().find(|v| !(**v >= 0.0) || v.is_infinite()) {
+            if let Some(v) = buf.iter().find(|v| !valid_fisher_value(**v)) {
                 return anyhow!(
                     "Fisher {} holds {v}; Fisher values must be finite and ≥ 0",
                     f.checkpoint.root().display()

@@ -231,22 +231,33 @@ impl ChunkMerger for FisherChunks {
         _: usize,
         inputs: &[Vec<f32>],
         fishers: &[Vec<f32>],
-        _: &mut Vec<Vec<f32>>,
+        scratch: &mut Vec<Vec<f32>>,
         out: &mut [f32],
     ) {
-        for (j, o) in out.iter_mut().enumerate() {
-            let (mut num, mut den) = (0f32, 0f32);
-            for i in 0..inputs.len() {
-                let f = fishers[i][j].max(self.floors[i]);
-                let wf = self.scales[i] * f;
-                num += wf * inputs[i][j];
-                den += wf;
+        let n = out.len();
+        scratch.resize(2, Vec::new());
+        for buf in scratch.iter_mut() {
+            buf.clear();
+            buf.resize(n, 0.0);
+        }
+        let [num, den] = &mut scratch[..] else {
+            unreachable!("two buffers")
+        };
+        // One input at a time: simple loops the compiler vectorises.
+        for ((x, f), (scale, floor)) in inputs
+            .iter()
+            .zip(fishers)
+            .zip(self.scales.iter().zip(&self.floors))
+        {
+            for (((nu, de), x), f) in num.iter_mut().zip(den.iter_mut()).zip(x).zip(f) {
+                let wf = scale * f.max(*floor);
+                *nu += wf * x;
+                *de += wf;
             }
-            *o = if den > 0.0 {
-                num / den
-            } else {
-                inputs[self.target][j]
-            };
+        }
+        let target = &inputs[self.target];
+        for (((o, nu), de), t) in out.iter_mut().zip(num.iter()).zip(den.iter()).zip(target) {
+            *o = if *de > 0.0 { nu / de } else { *t };
         }
     }
 }
