@@ -335,7 +335,12 @@ impl Plan {
             }
         }
         if !problems.is_empty() {
-            bail!("cannot merge:\n  {}", problems.join("\n  "));
+            let shown = problems.len().min(10);
+            let mut text = problems[..shown].join("\n  ");
+            if problems.len() > shown {
+                text += &format!("\n  … and {} more problems", problems.len() - shown);
+            }
+            bail!("cannot merge:\n  {text}");
         }
         Ok(())
     }
