@@ -484,10 +484,12 @@ impl ChunkMerger for TaskVectorChunks {
                     .zip(*d)
                     .zip(mixed.iter())
                 {
-                    let agree = *v != 0.0 && ((*v > 0.0) == (*m >= 0.0));
-                    let mask = f32::from(u8::from(agree));
-                    *a += mask * v;
-                    *div += mask * dw;
+                    // v·sign > 0 ⇔ v ≠ 0 with the elected sign; written as selects so the
+                    // loop has no branches and vectorises.
+                    let sign = if *m >= 0.0 { 1.0f32 } else { -1.0 };
+                    let agree = *v * sign > 0.0;
+                    *a += if agree { *v } else { 0.0 };
+                    *div += if agree { *dw } else { 0.0 };
                 }
             }
             for (((o, b), a), div) in out
