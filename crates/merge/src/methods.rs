@@ -411,7 +411,8 @@ fn apply_keep(keep: &Keep, chunk: usize, delta: &mut [f32]) {
                 let keep_equal = last_rank <= *equal_quota;
                 for d in delta.iter_mut() {
                     let a = d.abs();
-                    let keep = a > *threshold || (keep_equal && a == *threshold);
+                    // `|`/`&` rather than `||`/`&&`: no branches, so the loop vectorises.
+                    let keep = (a > *threshold) | (keep_equal & (a == *threshold));
                     *d = if keep { *d } else { 0.0 };
                 }
             } else {
