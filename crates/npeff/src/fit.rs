@@ -360,7 +360,7 @@ pub fn fit(pefs: &Path, settings: &FitSettings, run: &RunOptions, out: &Path) ->
             State::Lrm(st) => {
                 // The loss returned is that of the state before this step, i.e. after step-1.
                 let before = lrm.iterate(st, step > settings.g_only_iters);
-                if (step - 1) % log_every == 0 && step > 1 {
+                if (step - 1).is_multiple_of(log_every) && step > 1 {
                     history.push((step - 1, before));
                     pb.set_message(format!("loss {before:.6e}"));
                 }
@@ -379,14 +379,14 @@ pub fn fit(pefs: &Path, settings: &FitSettings, run: &RunOptions, out: &Path) ->
                 settings.lr
             );
         }
-        if matches!(state, State::Diag(_)) && (step % log_every == 0 || step == total) {
+        if matches!(state, State::Diag(_)) && (step.is_multiple_of(log_every) || step == total) {
             history.push((step, logged));
             pb.set_message(format!("loss {logged:.6e}"));
         }
         pb.set_position(step as u64);
         let stopping = run.stop_after.is_some_and(|s| step - first_step >= s);
         if step < total
-            && (stopping || (run.checkpoint_every > 0 && step % run.checkpoint_every == 0))
+            && (stopping || (run.checkpoint_every > 0 && step.is_multiple_of(run.checkpoint_every)))
         {
             write_result(&ckpt, &x, &state, &info, &history, &[], r, false)?;
             if stopping {
@@ -622,8 +622,7 @@ pub fn coeffs(
             let x: &Csr = &part.x;
             w.extend(fit_coefficients(
                 x,
-                dec.info.classes,
-                low_rank,
+                low_rank.then_some(dec.info.classes),
                 &dict_t,
                 r,
                 iters,

@@ -140,7 +140,15 @@ fn hand_written(dir: &std::path::Path, values: &[f32], indices: &[u32], norms: &
 #[test]
 fn validation_errors_name_file_tensor_and_row() {
     let tmp = tempfile::tempdir().unwrap();
-    let cases: [(&str, Vec<f32>, Vec<u32>, Vec<f32>, &[&str]); 6] = [
+    // (name, values, indices, norms, words the error must contain)
+    type Case = (
+        &'static str,
+        Vec<f32>,
+        Vec<u32>,
+        Vec<f32>,
+        &'static [&'static str],
+    );
+    let cases: [Case; 6] = [
         (
             "range",
             vec![2.0, 1.0, 2.0, 1.0],
