@@ -37,7 +37,7 @@ impl Weights {
         let index = dir.join(INDEX_FILE);
         if single.exists() {
             let file = MappedFile::open(&single)?;
-            let location = file.tensors()?.names().into_iter().map(|n| (n.clone(), 0)).collect();
+            let location = file.tensors()?.names().into_iter().map(|n| (n.to_string(), 0)).collect();
             return Ok(Self { files: vec![file], location });
         }
         if !index.exists() {
