@@ -3,7 +3,6 @@
 //! optional artificial data-set size limit and `T` the temperature (1 = proportional,
 //! larger flattens towards equal mixing).
 
-use crate::Example;
 use fisherkit_common::{ensure, Result};
 use rand::distr::{weighted::WeightedIndex, Distribution};
 use rand::seq::SliceRandom;
@@ -29,13 +28,13 @@ pub fn mixing_rates(counts: &[usize], cap: Option<usize>, temperature: f64) -> R
 /// Draw `size` examples from `sources` at their mixing rates. Each source is walked in a
 /// seeded random order and reshuffled when exhausted, so small sources repeat only
 /// after all their examples have been used.
-pub fn sample_mixture(
-    sources: &[Vec<Example>],
+pub fn sample_mixture<T: Clone>(
+    sources: &[Vec<T>],
     size: usize,
     cap: Option<usize>,
     temperature: f64,
     seed: u64,
-) -> Result<Vec<Example>> {
+) -> Result<Vec<T>> {
     let counts: Vec<usize> = sources.iter().map(Vec::len).collect();
     let rates = mixing_rates(&counts, cap, temperature)?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
@@ -59,7 +58,7 @@ pub fn sample_mixture(
 }
 
 /// The natural size of a mixture: every source contributes up to `cap` examples.
-pub fn default_size(sources: &[Vec<Example>], cap: Option<usize>) -> usize {
+pub fn default_size<T>(sources: &[Vec<T>], cap: Option<usize>) -> usize {
     sources
         .iter()
         .map(|s| cap.map_or(s.len(), |c| s.len().min(c)))
@@ -69,6 +68,7 @@ pub fn default_size(sources: &[Vec<Example>], cap: Option<usize>) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Example;
 
     #[test]
     fn rates_follow_the_formula() {
