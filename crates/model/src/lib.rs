@@ -1,1 +1,400 @@
-//! The architecture-neutral model interface fisher, merge and NPEFF run on.
+//! The architecture-neutral model interface that Fisher computation, merging, NPEFF and
+//! training run on.
+//!
+//! A model is "log-probability of outputs given inputs" plus a list of named parameters:
+//!
+//! - [`LogProbModel`] is implemented once per architecture (T5, a BERT-family encoder, ...).
+//!   It lists its parameters in checkpoint order ([`LogProbModel::named_params`]), computes
+//!   differentiable per-token target log-probabilities for a batch of [`Example`]s and the
+//!   full log-softmax over the output vocabulary, switches dropout on and off, and saves
+//!   itself in its native checkpoint layout. [`LoadModel`] loads one.
+//! - [`ParamAccess`] is implemented for every `LogProbModel`: parameter shapes and flat
+//!   offsets ([`ParamSpec`]), reading/writing parameters as f32 host vectors by name (for
+//!   in-memory merges and perturbations), and extracting gradients after `backward()`.
+//!
+//! burn 0.22 has no backend type parameter: the backend is a run-time property of the
+//! [`Device`] a model's tensors live on (`Device::flex()` on CPU, `Device::cuda(0)`, ...),
+//! and `device.autodiff()` makes the same model differentiable. A model loaded on an
+//! autodiff device records a graph on every forward; call `.backward()` on a scalar built
+//! from [`LogProbModel::target_logprobs`] and read gradients with
+//! [`ParamAccess::gradients`].
+
+use std::path::Path;
+
+use anyhow::{bail, ensure, Context, Result};
+pub use burn;
+use burn::module::Param;
+use burn::tensor::{DType, Device, Element, Gradients, Int, Tensor, TensorData};
+
+/// One training/scoring example: token ids in, token ids out. For a classifier the target
+/// is the single class id.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Example {
+    pub input_ids: Vec<u32>,
+    pub target_ids: Vec<u32>,
+}
+
+/// A borrowed parameter tensor of rank 1 (norm weights) or 2 (projections, embeddings).
+pub enum ParamRef<'a> {
+    Vector(&'a Param<Tensor<1>>),
+    Matrix(&'a Param<Tensor<2>>),
+}
+
+/// A mutably borrowed parameter tensor, see [`ParamRef`].
+pub enum ParamMut<'a> {
+    Vector(&'a mut Param<Tensor<1>>),
+    Matrix(&'a mut Param<Tensor<2>>),
+}
+
+impl<'a, const D: usize> From<&'a Param<Tensor<D>>> for ParamRef<'a> {
+    /// Rank 1 or 2 only: every fisherkit model stores vectors and matrices.
+    fn from(param: &'a Param<Tensor<D>>) -> Self {
+        let any: &dyn std::any::Any = param;
+        if let Some(vector) = any.downcast_ref::<Param<Tensor<1>>>() {
+            ParamRef::Vector(vector)
+        } else if let Some(matrix) = any.downcast_ref::<Param<Tensor<2>>>() {
+            ParamRef::Matrix(matrix)
+        } else {
+            panic!("parameters of rank {D} are not supported (only 1 and 2)")
+        }
+    }
+}
+
+impl<'a, const D: usize> From<&'a mut Param<Tensor<D>>> for ParamMut<'a> {
+    /// Rank 1 or 2 only, see [`ParamRef`].
+    fn from(param: &'a mut Param<Tensor<D>>) -> Self {
+        let any: &mut dyn std::any::Any = param;
+        if any.is::<Param<Tensor<1>>>() {
+            ParamMut::Vector(any.downcast_mut().expect("checked"))
+        } else if any.is::<Param<Tensor<2>>>() {
+            ParamMut::Matrix(any.downcast_mut().expect("checked"))
+        } else {
+            panic!("parameters of rank {D} are not supported (only 1 and 2)")
+        }
+    }
+}
+
+impl ParamRef<'_> {
+    pub fn shape(&self) -> Vec<usize> {
+        match self {
+            ParamRef::Vector(p) => p.val().dims().to_vec(),
+            ParamRef::Matrix(p) => p.val().dims().to_vec(),
+        }
+    }
+
+    /// The values as f32 host data, row-major.
+    pub fn to_f32(&self) -> Result<Vec<f32>> {
+        self.to_vec()
+    }
+
+    /// The values converted to element type `E` (f64 for finite differences), row-major.
+    pub fn to_vec<E: Element>(&self) -> Result<Vec<E>> {
+        let values = match self {
+            ParamRef::Vector(p) => p.val().try_into_vec_as::<E>(),
+            ParamRef::Matrix(p) => p.val().try_into_vec_as::<E>(),
+        };
+        values.map_err(|e| anyhow::anyhow!("reading parameter values: {e:?}"))
+    }
+
+    /// The gradient of this parameter recorded in `grads`, as f32 host data.
+    pub fn grad_f32(&self, grads: &Gradients) -> Result<Option<Vec<f32>>> {
+        let grad = match self {
+            ParamRef::Vector(p) => p.val().grad(grads).map(|g| g.try_into_vec_as::<f32>()),
+            ParamRef::Matrix(p) => p.val().grad(grads).map(|g| g.try_into_vec_as::<f32>()),
+        };
+        grad.transpose()
+            .map_err(|e| anyhow::anyhow!("reading a gradient: {e:?}"))
+    }
+}
+
+impl ParamMut<'_> {
+    /// Replace the values (same shape), keeping the parameter id, dtype, device and
+    /// gradient requirement.
+    pub fn set_f32(&mut self, values: &[f32]) -> Result<()> {
+        self.set_values(values.to_vec())
+    }
+
+    /// Replace the values from any element type; the parameter keeps its dtype.
+    pub fn set_values<E: Element>(&mut self, values: Vec<E>) -> Result<()> {
+        self.set_data(values, None)
+    }
+
+    /// Convert the values to `dtype` (e.g. `DType::F64` for gradient checks), keeping
+    /// the parameter id, device and gradient requirement.
+    pub fn cast(&mut self, dtype: DType) -> Result<()> {
+        let values = match self {
+            ParamMut::Vector(p) => p.val().try_into_vec_as::<f64>(),
+            ParamMut::Matrix(p) => p.val().try_into_vec_as::<f64>(),
+        }
+        .map_err(|e| anyhow::anyhow!("reading parameter values: {e:?}"))?;
+        self.set_data(values, Some(dtype))
+    }
+
+    fn set_data<E: Element>(&mut self, values: Vec<E>, dtype: Option<DType>) -> Result<()> {
+        fn replace<const D: usize, E: Element>(
+            param: &mut Param<Tensor<D>>,
+            values: Vec<E>,
+            dtype: Option<DType>,
+        ) -> Result<()> {
+            let dims = param.val().dims();
+            let numel: usize = dims.iter().product();
+            ensure!(
+                values.len() == numel,
+                "expected {numel} values for shape {dims:?}, got {}",
+                values.len()
+            );
+            let data = TensorData::new(values, dims);
+            *param = param.clone().map(|old| {
+                let requires_grad = old.is_require_grad();
+                let dtype = dtype.unwrap_or(old.dtype());
+                let new = Tensor::from_data(data, (&old.device(), dtype));
+                if requires_grad {
+                    new.require_grad()
+                } else {
+                    new
+                }
+            });
+            Ok(())
+        }
+        match self {
+            ParamMut::Vector(p) => replace(p, values, dtype),
+            ParamMut::Matrix(p) => replace(p, values, dtype),
+        }
+    }
+}
+
+/// Name, shape and position of one parameter in the flat concatenation of all parameters
+/// (checkpoint order).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParamSpec {
+    pub name: String,
+    pub shape: Vec<usize>,
+    /// Index of the first element in the flat vector of all parameters.
+    pub offset: usize,
+}
+
+impl ParamSpec {
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+/// "Log-probability of outputs given inputs" with named parameters: what one architecture
+/// implements so that every fisherkit capability runs on it.
+pub trait LogProbModel {
+    /// Every trainable parameter once, in checkpoint order, under its checkpoint name
+    /// (e.g. the Hugging Face name). Tied parameters appear once.
+    fn named_params(&self) -> Vec<(String, ParamRef<'_>)>;
+
+    /// The same list as [`named_params`](Self::named_params), mutably.
+    fn named_params_mut(&mut self) -> Vec<(String, ParamMut<'_>)>;
+
+    /// The device the parameters live on (autodiff or not).
+    fn device(&self) -> Device;
+
+    /// Dropout on (`true`) or off. Off by default after loading; independent of whether
+    /// the device records gradients (Fishers need gradients without dropout).
+    fn set_training(&mut self, training: bool);
+
+    fn is_training(&self) -> bool;
+
+    /// Size of the output distribution (vocabulary or number of classes).
+    fn output_size(&self) -> usize;
+
+    /// Log-softmax over the outputs for every target position, teacher-forced:
+    /// `[batch, max_target_len, output_size]`. Rows at padded target positions are
+    /// finite but meaningless.
+    fn log_softmax(&self, batch: &[Example]) -> Result<Tensor<3>>;
+
+    /// Differentiable `log p(target_t | input, target_<t)`: `[batch, max_target_len]`,
+    /// exactly 0 at padded positions.
+    fn target_logprobs(&self, batch: &[Example]) -> Result<Tensor<2>> {
+        let log_probs = self.log_softmax(batch)?;
+        gather_targets(log_probs, batch)
+    }
+
+    /// Write the model in its native checkpoint layout (atomically) into `dir`.
+    fn save(&self, dir: &Path) -> Result<()>;
+}
+
+/// Loading a model of one architecture from its native checkpoint directory.
+pub trait LoadModel: Sized {
+    fn load(dir: &Path, device: &Device) -> Result<Self>;
+}
+
+/// Pick `log_probs[b, t, target[b][t]]` and zero the padded positions.
+pub fn gather_targets(log_probs: Tensor<3>, batch: &[Example]) -> Result<Tensor<2>> {
+    let [batch_size, len, vocab] = log_probs.dims();
+    ensure!(
+        batch_size == batch.len(),
+        "log-softmax batch {batch_size} != {} examples",
+        batch.len()
+    );
+    let device = log_probs.device();
+    let mut ids = Vec::with_capacity(batch_size * len);
+    let mut mask = Vec::with_capacity(batch_size * len);
+    for example in batch {
+        ensure!(
+            example.target_ids.len() <= len,
+            "target longer than the log-softmax"
+        );
+        for t in 0..len {
+            let id = example.target_ids.get(t).copied();
+            if let Some(id) = id {
+                ensure!(
+                    (id as usize) < vocab,
+                    "target id {id} outside the output size {vocab}"
+                );
+            }
+            ids.push(id.unwrap_or(0) as i64);
+            mask.push(if id.is_some() { 1.0f32 } else { 0.0 });
+        }
+    }
+    let index = Tensor::<3, Int>::from_data(TensorData::new(ids, [batch_size, len, 1]), &device);
+    let picked: Tensor<2> = log_probs.gather(2, index).squeeze_dim(2);
+    let mask = Tensor::<2>::from_data(
+        TensorData::new(mask, [batch_size, len]),
+        (&device, picked.dtype()),
+    );
+    Ok(picked * mask)
+}
+
+/// Parameter bookkeeping every [`LogProbModel`] gets for free.
+pub trait ParamAccess: LogProbModel {
+    /// Names, shapes and flat offsets in checkpoint order.
+    fn param_specs(&self) -> Vec<ParamSpec> {
+        let mut offset = 0;
+        self.named_params()
+            .into_iter()
+            .map(|(name, param)| {
+                let shape = param.shape();
+                let spec = ParamSpec {
+                    name,
+                    shape,
+                    offset,
+                };
+                offset += spec.numel();
+                spec
+            })
+            .collect()
+    }
+
+    fn num_params(&self) -> usize {
+        self.param_specs().iter().map(ParamSpec::numel).sum()
+    }
+
+    /// All parameters as f32 host vectors, in checkpoint order.
+    fn read_params(&self) -> Result<Vec<(String, Vec<f32>)>> {
+        self.named_params()
+            .into_iter()
+            .map(|(name, param)| {
+                let values = param
+                    .to_f32()
+                    .with_context(|| format!("parameter {name}"))?;
+                Ok((name, values))
+            })
+            .collect()
+    }
+
+    /// One parameter by name.
+    fn read_param(&self, name: &str) -> Result<Vec<f32>> {
+        let (_, param) = self
+            .named_params()
+            .into_iter()
+            .find(|(n, _)| n == name)
+            .with_context(|| format!("no parameter named {name}"))?;
+        param.to_f32().with_context(|| format!("parameter {name}"))
+    }
+
+    /// Overwrite the named parameters; every name must exist and every length match.
+    /// Names not listed keep their values.
+    fn write_params(&mut self, values: &[(String, Vec<f32>)]) -> Result<()> {
+        let mut params = self.named_params_mut();
+        for (name, data) in values {
+            let (_, param) = params
+                .iter_mut()
+                .find(|(n, _)| n == name)
+                .with_context(|| format!("no parameter named {name}"))?;
+            param
+                .set_f32(data)
+                .with_context(|| format!("parameter {name}"))?;
+        }
+        Ok(())
+    }
+
+    /// Convert every parameter to `dtype` (f64 for finite-difference checks). Forward
+    /// passes then run in that precision.
+    fn cast_params(&mut self, dtype: DType) -> Result<()> {
+        for (name, mut param) in self.named_params_mut() {
+            param
+                .cast(dtype)
+                .with_context(|| format!("parameter {name}"))?;
+        }
+        Ok(())
+    }
+
+    /// All parameters concatenated in checkpoint order (see [`ParamSpec::offset`]).
+    fn read_flat(&self) -> Result<Vec<f32>> {
+        Ok(self
+            .read_params()?
+            .into_iter()
+            .flat_map(|(_, v)| v)
+            .collect())
+    }
+
+    /// Inverse of [`read_flat`](Self::read_flat).
+    fn write_flat(&mut self, flat: &[f32]) -> Result<()> {
+        let specs = self.param_specs();
+        let total: usize = specs.iter().map(ParamSpec::numel).sum();
+        if flat.len() != total {
+            bail!(
+                "flat parameter vector has {} values, the model has {total}",
+                flat.len()
+            );
+        }
+        for ((name, mut param), spec) in self.named_params_mut().into_iter().zip(&specs) {
+            param
+                .set_f32(&flat[spec.offset..spec.offset + spec.numel()])
+                .with_context(|| format!("parameter {name}"))?;
+        }
+        Ok(())
+    }
+
+    /// Each parameter's gradient after `backward()`, in checkpoint order (zeros for a
+    /// parameter the loss does not depend on). The model must live on an autodiff device.
+    fn gradients(&self, grads: &Gradients) -> Result<Vec<(String, Vec<f32>)>> {
+        ensure!(
+            self.device().is_autodiff(),
+            "gradients need a model on an autodiff device (device.autodiff())"
+        );
+        self.named_params()
+            .into_iter()
+            .map(|(name, param)| {
+                let grad = param
+                    .grad_f32(grads)
+                    .with_context(|| format!("parameter {name}"))?;
+                let grad = match grad {
+                    Some(grad) => grad,
+                    None => vec![0.0; param.shape().iter().product()],
+                };
+                Ok((name, grad))
+            })
+            .collect()
+    }
+}
+
+impl<M: LogProbModel + ?Sized> ParamAccess for M {}
+
+/// The compute device named on the command line: `cpu` (burn's flex backend, always
+/// available), `cuda` / `wgpu` when fisherkit is built with those features.
+pub fn device_by_name(name: &str) -> Result<Device> {
+    match name {
+        "cpu" | "flex" => Ok(Device::flex()),
+        #[cfg(feature = "cuda")]
+        "cuda" => Ok(Device::cuda(0)),
+        #[cfg(feature = "wgpu")]
+        "wgpu" => Ok(Device::wgpu(Default::default())),
+        "cuda" | "wgpu" => bail!("device {name:?} needs fisherkit built with `--features {name}`"),
+        other => bail!("unknown device {other:?}: expected cpu, cuda or wgpu"),
+    }
+}
