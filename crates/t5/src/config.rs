@@ -1,0 +1,334 @@
+//! `config.json` of a Hugging Face T5 checkpoint, field for field, with HF defaults for
+//! the keys old configs omit, and the named presets `fisherkit init` knows.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// The T5 hyper-parameters as Hugging Face stores them. Unknown keys (`id2label`,
+/// `task_specific_params`, ...) are kept in `extra` and written back unchanged.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct T5Config {
+    #[serde(default = "defaults::vocab_size")]
+    pub vocab_size: usize,
+    #[serde(default = "defaults::d_model")]
+    pub d_model: usize,
+    #[serde(default = "defaults::d_kv")]
+    pub d_kv: usize,
+    #[serde(default = "defaults::d_ff")]
+    pub d_ff: usize,
+    #[serde(default = "defaults::num_layers")]
+    pub num_layers: usize,
+    /// `None` in old configs: the decoder then has `num_layers` blocks.
+    #[serde(default)]
+    pub num_decoder_layers: Option<usize>,
+    #[serde(default = "defaults::num_heads")]
+    pub num_heads: usize,
+    #[serde(default = "defaults::num_buckets")]
+    pub relative_attention_num_buckets: usize,
+    #[serde(default = "defaults::max_distance")]
+    pub relative_attention_max_distance: usize,
+    #[serde(default = "defaults::dropout_rate")]
+    pub dropout_rate: f64,
+    #[serde(default = "defaults::layer_norm_epsilon")]
+    pub layer_norm_epsilon: f64,
+    #[serde(default = "defaults::initializer_factor")]
+    pub initializer_factor: f64,
+    #[serde(default = "defaults::feed_forward_proj")]
+    pub feed_forward_proj: String,
+    #[serde(default = "defaults::yes")]
+    pub is_encoder_decoder: bool,
+    #[serde(default = "defaults::yes")]
+    pub use_cache: bool,
+    #[serde(default)]
+    pub pad_token_id: u32,
+    #[serde(default = "defaults::eos_token_id")]
+    pub eos_token_id: u32,
+    #[serde(default)]
+    pub decoder_start_token_id: u32,
+    /// v1.0 ties `lm_head` to `shared` (true); v1.1/Flan configs say false.
+    #[serde(default = "defaults::yes")]
+    pub tie_word_embeddings: bool,
+    /// transformers ≥ 5 writes this explicitly; older configs derive it from
+    /// `tie_word_embeddings` (multiply the decoder output by d_model^-0.5 when tied).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_decoder_outputs: Option<bool>,
+    #[serde(default)]
+    pub classifier_dropout: f64,
+    #[serde(default = "defaults::model_type")]
+    pub model_type: String,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+mod defaults {
+    pub fn vocab_size() -> usize {
+        32128
+    }
+    pub fn d_model() -> usize {
+        512
+    }
+    pub fn d_kv() -> usize {
+        64
+    }
+    pub fn d_ff() -> usize {
+        2048
+    }
+    pub fn num_layers() -> usize {
+        6
+    }
+    pub fn num_heads() -> usize {
+        8
+    }
+    pub fn num_buckets() -> usize {
+        32
+    }
+    pub fn max_distance() -> usize {
+        128
+    }
+    pub fn dropout_rate() -> f64 {
+        0.1
+    }
+    pub fn layer_norm_epsilon() -> f64 {
+        1e-6
+    }
+    pub fn initializer_factor() -> f64 {
+        1.0
+    }
+    pub fn feed_forward_proj() -> String {
+        "relu".into()
+    }
+    pub fn yes() -> bool {
+        true
+    }
+    pub fn eos_token_id() -> u32 {
+        1
+    }
+    pub fn model_type() -> String {
+        "t5".into()
+    }
+}
+
+/// Activation of the feed-forward block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    Relu,
+    /// Exact (erf) GELU, HF `gelu`.
+    Gelu,
+    /// tanh approximation, HF `gelu_new` (what `gated-gelu` means).
+    GeluTanh,
+    Silu,
+}
+
+/// Parsed `feed_forward_proj`: `"{act}"` or `"gated-{act}"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FeedForwardKind {
+    pub gated: bool,
+    pub activation: Activation,
+}
+
+impl FeedForwardKind {
+    pub fn parse(proj: &str) -> Result<Self> {
+        let (gated, act) = match proj.split_once('-') {
+            Some(("gated", act)) => (true, act),
+            Some(_) => bail!(
+                "unknown feed_forward_proj {proj:?}: expected \"{{act}}\" or \"gated-{{act}}\", e.g. \"relu\" or \"gated-gelu\""
+            ),
+            None => (false, proj),
+        };
+        let activation = match act {
+            "relu" => Activation::Relu,
+            // HF maps `gated-gelu` to the tanh approximation for backwards compatibility.
+            "gelu" if gated => Activation::GeluTanh,
+            "gelu" => Activation::Gelu,
+            "gelu_new" | "gelu_pytorch_tanh" => Activation::GeluTanh,
+            "silu" | "swish" => Activation::Silu,
+            other => bail!(
+                "unknown feed_forward_proj {proj:?}: activation {other:?} is not one of relu, gelu, gelu_new, silu"
+            ),
+        };
+        Ok(Self { gated, activation })
+    }
+}
+
+impl T5Config {
+    /// Read and validate `config.json`.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let config: Self = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not a valid T5 config.json", path.display()))?;
+        config
+            .validate()
+            .with_context(|| format!("{}: invalid T5 config", path.display()))?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        FeedForwardKind::parse(&self.feed_forward_proj)?;
+        for (name, value) in [
+            ("vocab_size", self.vocab_size),
+            ("d_model", self.d_model),
+            ("d_kv", self.d_kv),
+            ("d_ff", self.d_ff),
+            ("num_heads", self.num_heads),
+            ("relative_attention_num_buckets", self.relative_attention_num_buckets),
+            ("relative_attention_max_distance", self.relative_attention_max_distance),
+        ] {
+            if value == 0 {
+                bail!("{name} must be positive");
+            }
+        }
+        if !(0.0..1.0).contains(&self.dropout_rate) {
+            bail!("dropout_rate {} is not in [0, 1)", self.dropout_rate);
+        }
+        for (name, id) in [
+            ("pad_token_id", self.pad_token_id),
+            ("eos_token_id", self.eos_token_id),
+            ("decoder_start_token_id", self.decoder_start_token_id),
+        ] {
+            if id as usize >= self.vocab_size {
+                bail!("{name} {id} is outside the vocabulary of {}", self.vocab_size);
+            }
+        }
+        Ok(())
+    }
+
+    pub fn feed_forward(&self) -> FeedForwardKind {
+        FeedForwardKind::parse(&self.feed_forward_proj).expect("validated on construction")
+    }
+
+    pub fn decoder_layers(&self) -> usize {
+        self.num_decoder_layers.unwrap_or(self.num_layers)
+    }
+
+    pub fn inner_dim(&self) -> usize {
+        self.num_heads * self.d_kv
+    }
+
+    /// Whether the decoder output is multiplied by d_model^-0.5 before `lm_head`.
+    pub fn scales_decoder_output(&self) -> bool {
+        self.scale_decoder_outputs
+            .unwrap_or(self.tie_word_embeddings)
+    }
+
+    /// The config as Hugging Face writes it: every field present, plus
+    /// `architectures`, `dense_act_fn` and `is_gated_act` for readers that expect them.
+    pub fn to_hf_json(&self) -> Value {
+        let mut config = self.clone();
+        config.num_decoder_layers = Some(self.decoder_layers());
+        config.scale_decoder_outputs = Some(self.scales_decoder_output());
+        let mut value = serde_json::to_value(&config).expect("config serialises");
+        let object = value.as_object_mut().expect("config is an object");
+        let kind = self.feed_forward();
+        let act = self
+            .feed_forward_proj
+            .rsplit('-')
+            .next()
+            .unwrap_or("relu")
+            .to_string();
+        let dense_act_fn = if kind.gated && act == "gelu" { "gelu_new".into() } else { act };
+        object
+            .entry("architectures")
+            .or_insert_with(|| Value::from(vec!["T5ForConditionalGeneration"]));
+        object.insert("dense_act_fn".into(), dense_act_fn.into());
+        object.insert("is_gated_act".into(), kind.gated.into());
+        value
+    }
+
+    /// A named preset (`fisherkit init --preset`).
+    pub fn preset(name: &str) -> Result<Self> {
+        // (d_model, d_kv, d_ff, layers, heads, gated v1.1 style)
+        let (d_model, d_kv, d_ff, layers, heads, v11, vocab) = match name {
+            // The project's quick-benchmark shape (as in shared/bench/hf_t5_peer.py "tiny").
+            "tiny" => (256, 32, 1024, 4, 8, true, 8000),
+            "t5-small" => (512, 64, 2048, 6, 8, false, 32128),
+            "t5-base" => (768, 64, 3072, 12, 12, false, 32128),
+            "t5-large" => (1024, 64, 4096, 24, 16, false, 32128),
+            "t5-3b" => (1024, 128, 16384, 24, 32, false, 32128),
+            "t5-11b" => (1024, 128, 65536, 24, 128, false, 32128),
+            "t5-v1_1-small" | "flan-t5-small" => (512, 64, 1024, 8, 6, true, 32128),
+            "t5-v1_1-base" | "flan-t5-base" => (768, 64, 2048, 12, 12, true, 32128),
+            "t5-v1_1-large" | "flan-t5-large" => (1024, 64, 2816, 24, 16, true, 32128),
+            "t5-v1_1-xl" | "flan-t5-xl" => (2048, 64, 5120, 24, 32, true, 32128),
+            other => bail!("unknown preset {other:?}; known: {}", PRESETS.join(", ")),
+        };
+        let config = Self {
+            vocab_size: vocab,
+            d_model,
+            d_kv,
+            d_ff,
+            num_layers: layers,
+            num_decoder_layers: Some(layers),
+            num_heads: heads,
+            feed_forward_proj: if v11 { "gated-gelu" } else { "relu" }.into(),
+            tie_word_embeddings: !v11,
+            scale_decoder_outputs: Some(!v11),
+            ..Self::default()
+        };
+        Ok(config)
+    }
+}
+
+/// Names accepted by [`T5Config::preset`].
+pub const PRESETS: &[&str] = &[
+    "tiny",
+    "t5-small",
+    "t5-base",
+    "t5-large",
+    "t5-3b",
+    "t5-11b",
+    "t5-v1_1-small",
+    "t5-v1_1-base",
+    "t5-v1_1-large",
+    "t5-v1_1-xl",
+    "flan-t5-small",
+    "flan-t5-base",
+    "flan-t5-large",
+    "flan-t5-xl",
+];
+
+impl Default for T5Config {
+    /// The Hugging Face defaults (those of t5-small).
+    fn default() -> Self {
+        serde_json::from_str("{}").expect("all fields have defaults")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_keys_take_hf_defaults() {
+        let config: T5Config = serde_json::from_str(r#"{"d_model": 64, "num_layers": 3}"#).unwrap();
+        assert_eq!(config.decoder_layers(), 3);
+        assert_eq!(config.vocab_size, 32128);
+        assert_eq!(config.relative_attention_max_distance, 128);
+        assert!(config.scales_decoder_output());
+        let v11: T5Config = serde_json::from_str(r#"{"tie_word_embeddings": false}"#).unwrap();
+        assert!(!v11.scales_decoder_output());
+    }
+
+    #[test]
+    fn unknown_feed_forward_proj_is_an_error() {
+        assert!(FeedForwardKind::parse("gated-gelu").unwrap().gated);
+        let err = FeedForwardKind::parse("gated-wobble").unwrap_err().to_string();
+        assert!(err.contains("wobble"), "{err}");
+        assert!(FeedForwardKind::parse("half-relu").is_err());
+    }
+
+    #[test]
+    fn hf_json_round_trips_with_extra_keys() {
+        let text = r#"{"d_model": 64, "id2label": {"0": "A"}, "num_decoder_layers": null}"#;
+        let config: T5Config = serde_json::from_str(text).unwrap();
+        let json = config.to_hf_json();
+        assert_eq!(json["id2label"]["0"], "A");
+        assert_eq!(json["num_decoder_layers"], 6);
+        let back: T5Config = serde_json::from_value(json).unwrap();
+        assert_eq!(back.decoder_layers(), 6);
+        assert_eq!(back.d_model, 64);
+    }
+}

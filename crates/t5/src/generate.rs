@@ -1,0 +1,232 @@
+//! Greedy and beam-search decoding with Hugging Face conventions, incremental: the
+//! encoder and the cross-attention keys/values run once per batch, and each step feeds
+//! only the newest token through the decoder with cached self-attention keys/values.
+
+use anyhow::{ensure, Result};
+use fisherkit_model::burn::tensor::activation::log_softmax;
+use fisherkit_model::burn::tensor::{Int, Tensor, TensorData};
+
+use crate::model::T5;
+
+/// How beam hypotheses of different lengths are compared.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum LengthPenalty {
+    /// HF: `sum_logprobs / len^a` (`a = 0` compares raw sums). `len` counts the generated
+    /// tokens including EOS, as transformers ≥ 4.5x does.
+    Power(f64),
+    /// GNMT / the T5 paper: `sum_logprobs / ((5 + len) / 6)^alpha`.
+    Gnmt(f64),
+}
+
+impl LengthPenalty {
+    fn normalise(self, sum_logprobs: f64, len: usize) -> f64 {
+        let len = len as f64;
+        match self {
+            LengthPenalty::Power(a) => sum_logprobs / len.powf(a),
+            LengthPenalty::Gnmt(alpha) => sum_logprobs / ((5.0 + len) / 6.0).powf(alpha),
+        }
+    }
+}
+
+/// Decoding settings.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GenerateOptions {
+    /// 1: greedy.
+    pub num_beams: usize,
+    pub length_penalty: LengthPenalty,
+    pub max_new_tokens: usize,
+    /// EOS is forbidden before this many tokens (HF `min_new_tokens`; benchmarks force
+    /// full-length outputs with it).
+    pub min_new_tokens: usize,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        Self { num_beams: 1, length_penalty: LengthPenalty::Power(1.0), max_new_tokens: 32, min_new_tokens: 0 }
+    }
+}
+
+/// Run one decoder step for `tokens` (one per row) and return the log-softmax per row,
+/// with EOS forbidden (HF's min-length processor sets its log-probability to -inf) while
+/// `forbid_eos`.
+fn step_logprobs(
+    model: &T5,
+    cache: &mut crate::model::DecoderCache,
+    tokens: &[u32],
+    forbid_eos: bool,
+) -> Vec<Vec<f32>> {
+    let device = model.device();
+    let ids: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
+    let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [tokens.len(), 1]), &device);
+    let logits = model.decode(cache, ids);
+    let [rows, _, vocab] = logits.dims();
+    let log_probs: Vec<f32> = log_softmax(logits.reshape([rows, vocab]), 1)
+        .try_into_vec_as::<f32>()
+        .expect("f32 readback");
+    let eos = model.config().eos_token_id as usize;
+    log_probs
+        .chunks(vocab)
+        .map(|row| {
+            let mut row = row.to_vec();
+            if forbid_eos {
+                row[eos] = f32::NEG_INFINITY;
+            }
+            row
+        })
+        .collect()
+}
+
+fn argmax(row: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in row.iter().enumerate() {
+        if v > row[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// Decode a batch of inputs; returns the generated ids per input (start token excluded,
+/// EOS included when produced).
+pub fn generate(model: &T5, inputs: &[Vec<u32>], options: &GenerateOptions) -> Result<Vec<Vec<u32>>> {
+    ensure!(options.num_beams >= 1, "num_beams must be at least 1");
+    ensure!(options.max_new_tokens >= 1, "max_new_tokens must be at least 1");
+    if options.num_beams == 1 {
+        greedy(model, inputs, options)
+    } else {
+        beam_search(model, inputs, options)
+    }
+}
+
+fn greedy(model: &T5, inputs: &[Vec<u32>], options: &GenerateOptions) -> Result<Vec<Vec<u32>>> {
+    let config = model.config();
+    let encoded = model.encode(inputs)?;
+    let mut cache = model.start_decoding(&encoded);
+    let mut outputs: Vec<Vec<u32>> = vec![Vec::new(); inputs.len()];
+    let mut finished = vec![false; inputs.len()];
+    let mut last = vec![config.decoder_start_token_id; inputs.len()];
+    for step in 0..options.max_new_tokens {
+        let rows = step_logprobs(model, &mut cache, &last, step < options.min_new_tokens);
+        for (i, row) in rows.iter().enumerate() {
+            // Finished rows keep decoding padding (as HF does) but nothing is recorded.
+            let token = if finished[i] { config.pad_token_id } else { argmax(row) };
+            if !finished[i] {
+                outputs[i].push(token);
+                finished[i] = token == config.eos_token_id;
+            }
+            last[i] = token;
+        }
+        if finished.iter().all(|&f| f) {
+            break;
+        }
+    }
+    Ok(outputs)
+}
+
+/// The finished hypotheses of one input: the best `num_beams` by normalised score.
+struct Hypotheses {
+    best: Vec<(f64, Vec<u32>)>,
+    num_beams: usize,
+}
+
+impl Hypotheses {
+    fn add(&mut self, score: f64, tokens: Vec<u32>) {
+        self.best.push((score, tokens));
+        self.best.sort_by(|a, b| b.0.total_cmp(&a.0));
+        self.best.truncate(self.num_beams);
+    }
+
+    /// HF `early_stopping=True`: done as soon as `num_beams` hypotheses are finished.
+    fn is_done(&self) -> bool {
+        self.best.len() >= self.num_beams
+    }
+}
+
+/// Beam search as HF `generate(num_beams=K, early_stopping=True)`: each step takes the
+/// top 2K continuations over all beams; an EOS continuation ranked within the first K
+/// becomes a finished hypothesis, the best K non-EOS continuations become the new beams.
+/// At the length limit the running beams join the finished ones.
+fn beam_search(model: &T5, inputs: &[Vec<u32>], options: &GenerateOptions) -> Result<Vec<Vec<u32>>> {
+    let config = model.config();
+    let k = options.num_beams;
+    let encoded = model.encode(inputs)?;
+    let mut cache = model.start_decoding(&encoded);
+    // Every input's row is repeated K times: row b*K + j is beam j of input b.
+    let rows: Vec<usize> = (0..inputs.len()).flat_map(|b| std::iter::repeat_n(b, k)).collect();
+    cache.select_rows(&rows);
+    let mut beams: Vec<Vec<u32>> = vec![Vec::new(); inputs.len() * k];
+    // Only beam 0 is live at the start, so the first step does not pick K copies.
+    let mut scores: Vec<f64> =
+        (0..inputs.len() * k).map(|r| if r % k == 0 { 0.0 } else { -1e9 }).collect();
+    let mut hypotheses: Vec<Hypotheses> =
+        (0..inputs.len()).map(|_| Hypotheses { best: Vec::new(), num_beams: k }).collect();
+    let mut last = vec![config.decoder_start_token_id; inputs.len() * k];
+    for step in 0..options.max_new_tokens {
+        let log_probs = step_logprobs(model, &mut cache, &last, step < options.min_new_tokens);
+        let mut next_rows = Vec::with_capacity(inputs.len() * k);
+        let mut next_beams = Vec::with_capacity(inputs.len() * k);
+        let mut next_scores = Vec::with_capacity(inputs.len() * k);
+        for (b, hyps) in hypotheses.iter_mut().enumerate() {
+            if hyps.is_done() {
+                // Keep the rows alive with padding so the batch shape stays fixed.
+                for j in 0..k {
+                    next_rows.push(b * k + j);
+                    next_beams.push(beams[b * k + j].clone());
+                    next_scores.push(scores[b * k + j]);
+                }
+                continue;
+            }
+            let mut candidates: Vec<(f64, usize, u32)> = Vec::new();
+            for j in 0..k {
+                let row = b * k + j;
+                for (token, &lp) in log_probs[row].iter().enumerate() {
+                    candidates.push((scores[row] + lp as f64, row, token as u32));
+                }
+            }
+            let top = 2 * k;
+            candidates.select_nth_unstable_by(top - 1, |a, c| c.0.total_cmp(&a.0));
+            candidates.truncate(top);
+            candidates.sort_by(|a, c| c.0.total_cmp(&a.0).then(a.1.cmp(&c.1)).then(a.2.cmp(&c.2)));
+            let mut kept = 0;
+            for (rank, &(score, row, token)) in candidates.iter().enumerate() {
+                if token == config.eos_token_id {
+                    if rank < k {
+                        let mut tokens = beams[row].clone();
+                        tokens.push(token);
+                        let normalised = options.length_penalty.normalise(score, tokens.len());
+                        hyps.add(normalised, tokens);
+                    }
+                } else if kept < k {
+                    let mut tokens = beams[row].clone();
+                    tokens.push(token);
+                    next_rows.push(row);
+                    next_beams.push(tokens);
+                    next_scores.push(score);
+                    kept += 1;
+                }
+            }
+        }
+        cache.select_rows(&next_rows);
+        last = next_beams.iter().map(|t| *t.last().unwrap_or(&config.pad_token_id)).collect();
+        beams = next_beams;
+        scores = next_scores;
+        if hypotheses.iter().all(Hypotheses::is_done) {
+            break;
+        }
+    }
+    // Length limit: running beams of unfinished inputs compete with the finished ones.
+    for (b, hyps) in hypotheses.iter_mut().enumerate() {
+        if hyps.is_done() {
+            continue;
+        }
+        for j in 0..k {
+            let row = b * k + j;
+            let normalised = options.length_penalty.normalise(scores[row], beams[row].len());
+            hyps.add(normalised, beams[row].clone());
+        }
+    }
+    Ok(hypotheses
+        .into_iter()
+        .map(|h| h.best.into_iter().next().map(|(_, t)| t).unwrap_or_default())
+        .collect())
+}

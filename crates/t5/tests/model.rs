@@ -1,0 +1,306 @@
+//! Properties of the T5 implementation that do not need the HF fixtures: golden bucket
+//! tables from the spec, finite-difference gradients, gradients reaching every
+//! parameter, save → load round trips, parameter counts and bad checkpoints.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use fisherkit_common::st::{MappedFile, OwnedTensor};
+use fisherkit_model::burn::tensor::{DType, Device};
+use fisherkit_model::{Example, LogProbModel, ParamAccess, ParamMut};
+use fisherkit_t5::{checkpoint, relative_position_bucket, T5Config, T5};
+
+fn fixture_dir(name: &str) -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures")).join(name)
+}
+
+#[test]
+fn golden_bucket_tables() {
+    let encoder = [
+        (-1, 1), (-7, 7), (-8, 8), (-12, 9), (-16, 10), (-23, 11), (-32, 12), (-46, 13),
+        (-64, 14), (-91, 15), (-128, 15), (1, 17), (7, 23), (8, 24), (16, 26), (32, 28),
+        (64, 30), (127, 31),
+    ];
+    for (rp, bucket) in encoder {
+        assert_eq!(relative_position_bucket(rp, true, 32, 128), bucket, "encoder rp {rp}");
+    }
+    let mut decoder: Vec<(i64, usize)> = (0..16).map(|n| (n, n as usize)).collect();
+    decoder.extend([
+        (16, 16), (19, 17), (22, 18), (26, 19), (27, 20), (31, 21), (38, 22), (45, 23),
+        (46, 24), (54, 25), (64, 26), (77, 28), (91, 29), (108, 30), (127, 31),
+    ]);
+    for (distance, bucket) in decoder {
+        // key - query = -distance; future keys (masked anyway) land in bucket 0.
+        assert_eq!(relative_position_bucket(-distance, false, 32, 128), bucket, "decoder n {distance}");
+    }
+    assert_eq!(relative_position_bucket(5, false, 32, 128), 0);
+}
+
+/// A micro T5 with every special case: inner dim != d_model, two stacks of different
+/// depth, few buckets so long offsets hit the logarithmic buckets.
+fn micro_config(gated: bool) -> T5Config {
+    let mut config = T5Config::preset("t5-small").unwrap();
+    config.vocab_size = 23;
+    config.d_model = 8;
+    config.d_kv = 3;
+    config.num_heads = 2;
+    config.d_ff = 10;
+    config.num_layers = 2;
+    config.num_decoder_layers = Some(1);
+    config.relative_attention_num_buckets = 8;
+    config.relative_attention_max_distance = 12;
+    config.dropout_rate = 0.0;
+    if gated {
+        config.feed_forward_proj = "gated-gelu".into();
+        config.tie_word_embeddings = false;
+        config.scale_decoder_outputs = Some(false);
+    }
+    config
+}
+
+fn micro_batch() -> Vec<Example> {
+    vec![
+        Example { input_ids: vec![5, 9, 3, 17, 2, 11, 7, 1], target_ids: vec![4, 8, 15, 16, 1] },
+        Example { input_ids: vec![22, 6, 1], target_ids: vec![12, 1] },
+    ]
+}
+
+fn loss_f64(model: &T5, batch: &[Example]) -> f64 {
+    let lp = model.target_logprobs(batch).unwrap();
+    lp.sum().try_into_vec_as::<f64>().unwrap()[0]
+}
+
+/// Central differences in f64 against backward() for a few coordinates of every
+/// parameter, for both the v1.0 and the gated v1.1 layout.
+#[test]
+fn finite_difference_gradients_f64() {
+    for gated in [false, true] {
+        let config = micro_config(gated);
+        let device = Device::flex().autodiff();
+        let mut model = checkpoint::init(&config, gated, 7, &device).unwrap();
+        model.cast_params(DType::F64).unwrap();
+        let batch = micro_batch();
+        let loss = model.target_logprobs(&batch).unwrap().sum();
+        let grads = model.gradients(&loss.backward()).unwrap();
+        let specs = model.param_specs();
+        let h = 1e-6;
+        for (spec, (name, grad)) in specs.iter().zip(&grads) {
+            let values: Vec<f64> = {
+                let params = model.named_params();
+                params.iter().find(|(n, _)| n == name).unwrap().1.to_vec::<f64>().unwrap()
+            };
+            for k in 0..3 {
+                let index = (k * 7919 + 13) % spec.numel();
+                let mut eval = |delta: f64| {
+                    let mut perturbed = values.clone();
+                    perturbed[index] += delta;
+                    set(&mut model, name, perturbed);
+                    loss_f64(&model, &batch)
+                };
+                let numeric = (eval(h) - eval(-h)) / (2.0 * h);
+                set(&mut model, name, values.clone());
+                let analytic = grad[index] as f64;
+                let scale = numeric.abs().max(analytic.abs()).max(1e-3);
+                assert!(
+                    (numeric - analytic).abs() / scale < 1e-4,
+                    "gated={gated} {name}[{index}]: numeric {numeric} vs backward {analytic}"
+                );
+            }
+        }
+    }
+}
+
+fn set(model: &mut T5, name: &str, values: Vec<f64>) {
+    let mut params = model.named_params_mut();
+    let (_, param) = params.iter_mut().find(|(n, _)| n == name).unwrap();
+    let param: &mut ParamMut = param;
+    param.set_values(values).unwrap();
+}
+
+#[test]
+fn every_parameter_gets_a_gradient() {
+    for gated in [false, true] {
+        let config = micro_config(gated);
+        let model = checkpoint::init(&config, gated, 3, &Device::flex().autodiff()).unwrap();
+        let loss = model.target_logprobs(&micro_batch()).unwrap().sum();
+        let grads = model.gradients(&loss.backward()).unwrap();
+        let names: Vec<&str> = grads.iter().map(|(n, _)| n.as_str()).collect();
+        assert!(names.contains(&"decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"));
+        assert_eq!(names.contains(&"lm_head.weight"), gated);
+        for (name, grad) in &grads {
+            assert!(grad.iter().all(|g| g.is_finite()), "{name}: non-finite gradient");
+            assert!(grad.iter().any(|&g| g != 0.0), "{name}: gradient is all zero");
+        }
+    }
+}
+
+#[test]
+fn dropout_only_in_training_mode() {
+    let mut config = micro_config(true);
+    config.dropout_rate = 0.5;
+    let mut model = checkpoint::init(&config, true, 1, &Device::flex()).unwrap();
+    let batch = micro_batch();
+    let eval_a = fisherkit_t5::score(&model, &batch).unwrap();
+    let eval_b = fisherkit_t5::score(&model, &batch).unwrap();
+    assert_eq!(eval_a, eval_b, "eval mode must be deterministic");
+    model.set_training(true);
+    let train = fisherkit_t5::score(&model, &batch).unwrap();
+    assert_ne!(train, eval_a, "training mode must apply dropout");
+}
+
+#[test]
+fn preset_parameter_counts_match_the_spec() {
+    // Counted from shapes alone (no allocation of the real sizes).
+    fn count(config: &T5Config) -> usize {
+        let (d, inner, ff) = (config.d_model, config.inner_dim(), config.d_ff);
+        let gated = config.feed_forward().gated;
+        let attention = 4 * d * inner;
+        let ffn = if gated { 3 * d * ff } else { 2 * d * ff };
+        let bias = config.relative_attention_num_buckets * config.num_heads;
+        let encoder = config.num_layers * (attention + ffn + 2 * d) + bias + d;
+        let decoder = config.decoder_layers() * (2 * attention + ffn + 3 * d) + bias + d;
+        let head = if config.tie_word_embeddings { 0 } else { config.vocab_size * d };
+        config.vocab_size * d + encoder + decoder + head
+    }
+    for (preset, params) in [
+        ("t5-small", 60_506_624),
+        ("t5-base", 222_903_552),
+        ("t5-large", 737_668_096),
+        ("t5-v1_1-small", 76_961_152),
+    ] {
+        assert_eq!(count(&T5Config::preset(preset).unwrap()), params, "{preset}");
+    }
+    // And the count formula agrees with the real model on a small shape.
+    let config = micro_config(true);
+    let model = checkpoint::init(&config, true, 0, &Device::flex()).unwrap();
+    assert_eq!(model.num_params(), count(&config));
+}
+
+fn tensors_of(path: &Path) -> HashMap<String, (Vec<usize>, Vec<f32>)> {
+    let file = MappedFile::open(path).unwrap();
+    file.names_in_order()
+        .unwrap()
+        .into_iter()
+        .map(|name| {
+            let tensor = file.read_f32(&name).unwrap();
+            (name, tensor)
+        })
+        .collect()
+}
+
+#[test]
+fn save_load_round_trip_is_bit_identical() {
+    let tmp = tempfile::tempdir().unwrap();
+    for fixture in ["t5-tiny-v10", "t5-tiny-v11"] {
+        let model = checkpoint::load(&fixture_dir(fixture), &Device::flex()).unwrap();
+        let out = tmp.path().join(fixture);
+        checkpoint::save(&model, &out, None, false).unwrap();
+        // Same names, shapes and bits as the HF file.
+        let original = tensors_of(&fixture_dir(fixture).join("model.safetensors"));
+        let saved = tensors_of(&out.join("model.safetensors"));
+        assert_eq!(original, saved, "{fixture}");
+        let file = MappedFile::open(&out.join("model.safetensors")).unwrap();
+        assert_eq!(file.metadata().unwrap().get("format").map(String::as_str), Some("pt"));
+        // The config keys HF reads are all there and mean the same.
+        let config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+        let original: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(fixture_dir(fixture).join("config.json")).unwrap(),
+        )
+        .unwrap();
+        for key in original.as_object().unwrap().keys() {
+            assert!(config.get(key).is_some(), "{fixture}: config key {key} lost");
+        }
+        for key in ["d_model", "d_kv", "num_heads", "feed_forward_proj", "scale_decoder_outputs"] {
+            assert_eq!(config[key], original[key], "{fixture}: {key}");
+        }
+        let reloaded = checkpoint::load(&out, &Device::flex()).unwrap();
+        assert_eq!(model.read_params().unwrap(), reloaded.read_params().unwrap());
+        let batch = micro_batch();
+        assert_eq!(
+            fisherkit_t5::score(&model, &batch).unwrap(),
+            fisherkit_t5::score(&reloaded, &batch).unwrap()
+        );
+        // Refuses to overwrite unless asked.
+        assert!(checkpoint::save(&model, &out, None, false).is_err());
+    }
+}
+
+#[test]
+fn untied_head_round_trips_and_sharded_bf16_loads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = micro_config(true);
+    let model = checkpoint::init(&config, true, 11, &Device::flex()).unwrap();
+    let dir = tmp.path().join("untied");
+    checkpoint::save(&model, &dir, None, false).unwrap();
+    let config_json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config_json["tie_word_embeddings"], false);
+    assert!(tensors_of(&dir.join("model.safetensors")).contains_key("lm_head.weight"));
+
+    // Re-shard in bf16 across two files with an index, as large HF checkpoints are.
+    let sharded = tmp.path().join("sharded");
+    std::fs::create_dir(&sharded).unwrap();
+    std::fs::copy(dir.join("config.json"), sharded.join("config.json")).unwrap();
+    let tensors = model.read_params().unwrap();
+    let mut weight_map = serde_json::Map::new();
+    let mut shards: [Vec<(String, OwnedTensor)>; 2] = Default::default();
+    let mut rounded = Vec::new();
+    for (i, ((name, values), spec)) in tensors.iter().zip(model.param_specs()).enumerate() {
+        let bf: Vec<half::bf16> = values.iter().map(|&v| half::bf16::from_f32(v)).collect();
+        rounded.push((name.clone(), bf.iter().map(|v| v.to_f32()).collect::<Vec<f32>>()));
+        let tensor = OwnedTensor {
+            dtype: safetensors::Dtype::BF16,
+            shape: spec.shape.clone(),
+            data: bf.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        };
+        let file = format!("model-0000{}-of-00002.safetensors", i % 2 + 1);
+        weight_map.insert(name.clone(), file.into());
+        shards[i % 2].push((name.clone(), tensor));
+    }
+    for (i, shard) in shards.iter().enumerate() {
+        let path = sharded.join(format!("model-0000{}-of-00002.safetensors", i + 1));
+        fisherkit_common::st::write(&path, shard, HashMap::new()).unwrap();
+    }
+    let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
+    std::fs::write(sharded.join("model.safetensors.index.json"), index.to_string()).unwrap();
+    let loaded = checkpoint::load(&sharded, &Device::flex()).unwrap();
+    assert_eq!(loaded.read_params().unwrap(), rounded);
+}
+
+#[test]
+fn bad_checkpoints_are_named_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let v10 = fixture_dir("t5-tiny-v10");
+    let copy = |name: &str, config: &str| {
+        let dir = tmp.path().join(name);
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::copy(v10.join("model.safetensors"), dir.join("model.safetensors")).unwrap();
+        std::fs::write(dir.join("config.json"), config).unwrap();
+        dir
+    };
+    let original = std::fs::read_to_string(v10.join("config.json")).unwrap();
+    let err = |dir: &Path| format!("{:#}", checkpoint::load(dir, &Device::flex()).unwrap_err());
+
+    let wrong_shape = copy("shape", &original.replace("\"d_ff\": 128", "\"d_ff\": 100"));
+    let message = err(&wrong_shape);
+    assert!(message.contains("DenseReluDense.wi.weight") && message.contains("[128, 64]") && message.contains("[100, 64]"), "{message}");
+
+    let unknown_act = copy("act", &original.replace("\"feed_forward_proj\": \"relu\"", "\"feed_forward_proj\": \"gated-wobble\""));
+    assert!(err(&unknown_act).contains("wobble"));
+
+    let malformed = copy("malformed", "{ not json");
+    assert!(err(&malformed).contains("config.json"));
+
+    let missing = tmp.path().join("empty");
+    std::fs::create_dir(&missing).unwrap();
+    std::fs::write(missing.join("config.json"), &original).unwrap();
+    assert!(err(&missing).contains("model.safetensors"));
+
+    let model = checkpoint::load(&v10, &Device::flex()).unwrap();
+    let out_of_vocab = vec![Example { input_ids: vec![3, 300], target_ids: vec![1] }];
+    let message = format!("{:#}", fisherkit_t5::score(&model, &out_of_vocab).unwrap_err());
+    assert!(message.contains("300"), "{message}");
+    let empty = vec![Example { input_ids: vec![], target_ids: vec![1] }];
+    assert!(fisherkit_t5::score(&model, &empty).is_err());
+}
