@@ -177,7 +177,10 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
                     args.model.model.display()
                 )
             })?;
-            vec![Example { input_ids: tokenizer.encode(text)?, target_ids: Vec::new() }]
+            vec![Example {
+                input_ids: tokenizer.encode(text)?,
+                target_ids: Vec::new(),
+            }]
         }
         (None, None) => unreachable!("clap requires --data or --text"),
     };
@@ -235,7 +238,12 @@ fn best_time(repeats: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
 
 pub fn bench(args: BenchArgs) -> Result<()> {
     let config = T5Config::preset(&args.preset)?;
-    let model = checkpoint::init(&config, !config.tie_word_embeddings, 0, &device_by_name("cpu")?)?;
+    let model = checkpoint::init(
+        &config,
+        !config.tie_word_embeddings,
+        0,
+        &device_by_name("cpu")?,
+    )?;
     let inputs: Vec<Vec<u32>> = (0..args.batch)
         .map(|b| {
             (0..args.input_len)
@@ -245,7 +253,10 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         .collect();
     let batch: Vec<Example> = inputs
         .iter()
-        .map(|input| Example { input_ids: input.clone(), target_ids: input[..args.new_tokens].to_vec() })
+        .map(|input| Example {
+            input_ids: input.clone(),
+            target_ids: input[..args.new_tokens].to_vec(),
+        })
         .collect();
     let forward_s = best_time(args.repeats, || {
         fisherkit_t5::score(&model, &batch).map(|_| ())
