@@ -1,29 +1,9 @@
 //! `fisherkit c4 clean` from the command line: a real run, and bad input giving a
 //! non-zero exit with a clear message.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod support;
 
-fn fisherkit(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_fisherkit"))
-        .args(args)
-        .env("FISHERKIT_NO_PROGRESS", "1")
-        .output()
-        .unwrap()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// `shared/` sits beside the repository root; worktrees may sit one level deeper.
-fn shared(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .ancestors()
-        .map(|a| a.join("shared").join(rel))
-        .find(|p| p.exists())
-        .unwrap_or_else(|| panic!("shared/{rel} not found"))
-}
+use support::{run, shared, stderr};
 
 #[test]
 fn clean_runs_on_a_real_file_then_refuses_to_overwrite() {
@@ -47,7 +27,7 @@ fn clean_runs_on_a_real_file_then_refuses_to_overwrite() {
         "--compression",
         "zstd",
     ];
-    let o = fisherkit(&args);
+    let o = run(&args);
     assert!(o.status.success(), "{}", stderr(&o));
     let stats: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("stats.json")).unwrap()).unwrap();
@@ -60,7 +40,7 @@ fn clean_runs_on_a_real_file_then_refuses_to_overwrite() {
         "{}",
         stderr(&o)
     );
-    let again = fisherkit(&args);
+    let again = run(&args);
     assert!(!again.status.success());
     assert!(
         stderr(&again).contains("already holds a finished run"),
@@ -73,7 +53,7 @@ fn clean_runs_on_a_real_file_then_refuses_to_overwrite() {
 fn missing_badwords_file_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let input = shared("c4-real/c4test-00000.warc.wet.gz");
-    let o = fisherkit(&[
+    let o = run(&[
         "c4",
         "clean",
         "--input",
@@ -98,7 +78,7 @@ fn non_gzip_input_alone_fails_and_missing_input_is_named() {
     let plain = dir.path().join("x.warc.wet.gz");
     std::fs::write(&plain, "WARC/1.0\nplain text\n").unwrap();
     let out = dir.path().join("o");
-    let o = fisherkit(&[
+    let o = run(&[
         "c4",
         "clean",
         "--input",
@@ -114,7 +94,7 @@ fn non_gzip_input_alone_fails_and_missing_input_is_named() {
         err.contains("no page could be read from 1 input file(s): 1 not gzip"),
         "{err}"
     );
-    let o = fisherkit(&[
+    let o = run(&[
         "c4",
         "clean",
         "--input",

@@ -1,37 +1,12 @@
 //! `fisherkit merge` and `fisherkit fisher inspect` end to end on tiny safetensors
 //! files made here, plus bad-input exits.
 
+mod support;
+
 use fisherkit_common::st::{write, OwnedTensor};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn fisherkit(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_fisherkit"))
-        .args(args)
-        .env("FISHERKIT_NO_PROGRESS", "1")
-        .output()
-        .expect("binary runs")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = fisherkit(args);
-    assert!(
-        out.status.success(),
-        "fisherkit {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn fails(args: &[&str]) -> String {
-    let out = fisherkit(args);
-    assert!(!out.status.success(), "fisherkit {args:?} should fail");
-    let err = String::from_utf8(out.stderr).unwrap();
-    assert!(err.starts_with("error: "), "clean error, no panic: {err}");
-    assert!(!err.contains("panicked"), "{err}");
-    err
-}
+use support::{fails, ok, s};
 
 fn model(dir: &Path, name: &str, w: [f32; 3], head: Option<f32>) -> PathBuf {
     let d = dir.join(name);
@@ -59,10 +34,6 @@ fn fisher(dir: &Path, name: &str, f: [f32; 3]) -> PathBuf {
     fisherkit_merge::write_fisher(&path, &[("body.weight".into(), vec![3], f.to_vec())], &meta)
         .unwrap();
     path
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 #[test]

@@ -1,40 +1,12 @@
 //! `fisherkit npeff` through the binary: synth → fit → coeffs, and bad input refused with
 //! a non-zero exit and a message naming the file, tensor and row.
 
+mod support;
+
 use fisherkit_common::st::{self, MappedFile, OwnedTensor};
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::{Command, Output};
-
-fn fisherkit(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_fisherkit"))
-        .args(args)
-        .env("FISHERKIT_NO_PROGRESS", "1")
-        .output()
-        .expect("running fisherkit")
-}
-
-fn ok(args: &[&str]) {
-    let out = fisherkit(args);
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Run a command that must fail; return its stderr.
-fn fails(args: &[&str]) -> String {
-    let out = fisherkit(args);
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success(), "{args:?} unexpectedly succeeded");
-    assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
-    err
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
+use support::{fails, ok, s as p};
 
 fn synth(dir: &Path, kind: &str, examples: &str, parameters: &str) {
     ok(&[

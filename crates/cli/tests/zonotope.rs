@@ -1,33 +1,19 @@
 //! End-to-end tests of `fisherkit zonotope …` through the built binary.
 
-use std::path::Path;
-use std::process::{Command, Output};
+mod support;
 
-fn run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_fisherkit"))
-        .arg("zonotope")
-        .args(args)
-        .env("FISHERKIT_NO_PROGRESS", "1")
-        .output()
-        .expect("binary runs")
+use std::path::Path;
+
+fn zonotope<'a>(args: &[&'a str]) -> Vec<&'a str> {
+    [&["zonotope"], args].concat()
 }
 
 fn json(args: &[&str]) -> serde_json::Value {
-    let out = run(args);
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("valid JSON on stdout")
+    serde_json::from_str(&support::ok(&zonotope(args))).expect("valid JSON on stdout")
 }
 
 fn failure(args: &[&str]) -> String {
-    let out = run(args);
-    assert!(!out.status.success(), "{args:?} should fail");
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!err.contains("panicked"), "{err}");
-    err
+    support::fails(&zonotope(args))
 }
 
 fn write(dir: &Path, name: &str, text: &str) -> String {
@@ -72,7 +58,7 @@ fn duplicates_are_explained_and_infeasible_patterns_rejected() {
         serde_json::json!([1, 2])
     );
     assert_eq!(v["data"]["diagnostics"]["conflicting_targets"], true);
-    let out = run(&["vertices", "--data", &data]);
+    let out = support::run(&zonotope(&["vertices", "--data", &data]));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("duplicated") && err.contains("positive floor"),
