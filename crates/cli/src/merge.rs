@@ -209,9 +209,10 @@ fn report_candidates(plan: &engine::Plan, grid: &str, samples: usize, seed: u64)
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// Directory for the temporary checkpoints (~2.2 GB per model, 4.4 GB per Fisher).
-    #[arg(long, default_value = "/work/tmp")]
-    dir: PathBuf,
+    /// Directory for the temporary checkpoints (~2.2 GB per model, 4.4 GB per Fisher)
+    /// [default: the system temporary directory].
+    #[arg(long)]
+    dir: Option<PathBuf>,
     /// Model counts to merge, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "2,3")]
     models: Vec<usize>,
@@ -234,7 +235,7 @@ pub struct BenchArgs {
 
 pub fn bench(args: BenchArgs) -> Result<()> {
     merge_bench::run(&merge_bench::BenchOptions {
-        dir: args.dir,
+        dir: args.dir.unwrap_or_else(std::env::temp_dir),
         counts: args.models,
         methods: args.methods,
         layers: args.layers,

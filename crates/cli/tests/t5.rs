@@ -138,7 +138,10 @@ fn init_is_reproducible_and_the_model_scores() {
     assert_eq!(tokens.len(), 3);
     // HF's init draws the untied head from N(0, 1), so a fresh model is confidently wrong:
     // log-probabilities far below log(1/300), but finite.
-    assert!(tokens.iter().all(|&t| t.is_finite() && t < 0.0), "{tokens:?}");
+    assert!(
+        tokens.iter().all(|&t| t.is_finite() && t < 0.0),
+        "{tokens:?}"
+    );
     let sum = lines[0]["target_logprob_sum"].as_f64().unwrap();
     assert!((sum - tokens.iter().sum::<f64>()).abs() < 1e-4);
     let generated = json_lines(&ok(&[
