@@ -10,8 +10,11 @@
 //! Every Fisher here squares gradients of ONE example: batches only group examples for
 //! scheduling, never for a summed gradient (whose square has cross-example terms).
 
+pub mod bench;
+pub mod data;
 pub mod dataset;
 pub mod example;
+pub mod job;
 pub mod model;
 pub mod parallel;
 pub mod select;
