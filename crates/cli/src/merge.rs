@@ -29,7 +29,7 @@ pub struct MergeArgs {
     #[arg(long)]
     fisher: Vec<String>,
     /// Weight of the model at the same position (default: equal weights).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     weight: Vec<f64>,
     /// Density of the model at the same position (ties, dare_*).
     #[arg(long)]
@@ -56,6 +56,10 @@ pub struct MergeArgs {
     /// Copy tensors that some models lack from the target instead of failing.
     #[arg(long)]
     allow_missing: bool,
+    /// fsync the output before it is renamed into place (durable across power loss;
+    /// runs at disk speed). Without it the output is still complete-or-absent.
+    #[arg(long)]
+    fsync: bool,
     /// Largest output shard (e.g. 5GB, 500MB, 2GiB).
     #[arg(long, default_value = "5GB")]
     max_shard_size: String,
@@ -176,6 +180,7 @@ pub fn merge(args: MergeArgs) -> Result<()> {
             force: args.force,
             max_shard_bytes: writer::parse_size(&args.max_shard_size)?,
             recipe_text,
+            fsync: args.fsync,
         },
     )?;
     println!("{}", report.summary());

@@ -210,7 +210,7 @@ pub fn npeff(args: NpeffArgs) -> Result<()> {
                 fit::coeffs(&a.pefs, &a.decomposition, a.iters, a.seed, a.chunk, &a.out)
             })??;
             eprintln!(
-                "wrote coefficients of {} values to {}",
+                "wrote {} coefficients (W: examples × components) to {}",
                 w.len(),
                 a.out.display()
             );

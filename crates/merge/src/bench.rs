@@ -44,7 +44,11 @@ pub struct BenchRow {
     pub method: String,
     pub models: usize,
     pub seconds: f64,
+    /// User + system CPU seconds: comparable across runs on a shared, loaded machine.
+    pub cpu_seconds: f64,
     pub peak_rss_mb: f64,
+    /// 1-minute load average when the run started (the machine has 2 cores).
+    pub load: f64,
 }
 
 /// TinyLlama-1.1B tensor names and shapes, in the order HF writes them.
@@ -109,7 +113,7 @@ fn write_synthetic(
             shape: s.clone(),
         })
         .collect();
-    let mut w = StreamWriter::create(path, tensor_specs, metadata)?;
+    let mut w = StreamWriter::create(path, tensor_specs, metadata, false)?;
     let width = dtype_width(dtype);
     let mut bytes = Vec::new();
     for (ti, (name, shape)) in specs.iter().enumerate() {
@@ -172,6 +176,27 @@ fn generate_fisher(path: &Path, k: usize, layers: usize) -> Result<()> {
     })
 }
 
+/// User + system CPU seconds of this process so far (Linux /proc, 100 Hz ticks).
+fn cpu_seconds() -> f64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            // Fields after the parenthesised command name; utime and stime are 14 and 15.
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+            Some(ticks / 100.0)
+        })
+        .unwrap_or(f64::NAN)
+}
+
+fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
 /// Reset this process's peak-RSS counter (Linux: writing 5 to clear_refs).
 fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
@@ -210,8 +235,8 @@ fn recipe_for(method: &str, models: &[PathBuf], fishers: &[PathBuf]) -> Result<S
     Ok(text)
 }
 
-/// Run a peer under /usr/bin/time, returning (seconds, peak RSS MB).
-fn run_peer(mut cmd: Command) -> Result<(f64, f64)> {
+/// Run a peer under /usr/bin/time, returning (wall s, CPU s, peak RSS MB).
+fn run_peer(mut cmd: Command) -> Result<(f64, f64, f64)> {
     let out = cmd.output().context("starting the peer")?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     if !out.status.success() {
@@ -222,21 +247,41 @@ fn run_peer(mut cmd: Command) -> Result<(f64, f64)> {
     }
     let last = stderr.lines().last().unwrap_or_default();
     let mut parts = last.split_whitespace();
-    let secs: f64 = parts
-        .next()
-        .and_then(|s| s.parse().ok())
-        .context("peer timing")?;
-    let kb: f64 = parts
-        .next()
-        .and_then(|s| s.parse().ok())
-        .context("peer RSS")?;
-    Ok((secs, kb / 1024.0))
+    let mut field = |what: &str| -> Result<f64> {
+        parts
+            .next()
+            .and_then(|s| s.parse().ok())
+            .with_context(|| format!("peer {what} in {last:?}"))
+    };
+    let (secs, user, sys, kb) = (field("wall")?, field("user")?, field("sys")?, field("RSS")?);
+    Ok((secs, user + sys, kb / 1024.0))
 }
 
 fn timed(program: &Path) -> Command {
     let mut c = Command::new("/usr/bin/time");
-    c.arg("-f").arg("%e %M").arg(program);
+    c.arg("-f").arg("%e %U %S %M").arg(program);
     c
+}
+
+/// Time a peer and record it (a failing peer is reported, not fatal).
+fn peer_row(rows: &mut Vec<BenchRow>, tool: &str, method: &str, models: usize, cmd: Command) {
+    let load = load_average();
+    match run_peer(cmd) {
+        Ok((seconds, cpu_seconds, peak_rss_mb)) => {
+            let row = BenchRow {
+                tool: tool.into(),
+                method: method.into(),
+                models,
+                seconds,
+                cpu_seconds,
+                peak_rss_mb,
+                load,
+            };
+            eprintln!("{row:?}");
+            rows.push(row);
+        }
+        Err(e) => eprintln!("{tool} {method} ×{models}: {e:#}"),
+    }
 }
 
 pub fn run(opts: &BenchOptions) -> Result<()> {
@@ -281,7 +326,8 @@ pub fn run(opts: &BenchOptions) -> Result<()> {
             std::fs::write(&recipe_path, &text)?;
             let out = root.join(format!("out_{method}_{n}"));
             reset_peak_rss();
-            let start = Instant::now();
+            let load = load_average();
+            let (start, cpu0) = (Instant::now(), cpu_seconds());
             let plan = Plan::new(
                 Recipe::from_yaml(&text, &recipe_path)?,
                 &PlanOptions::default(),
@@ -293,6 +339,7 @@ pub fn run(opts: &BenchOptions) -> Result<()> {
                     force: false,
                     max_shard_bytes: 5_000_000_000,
                     recipe_text: Some(text.clone()),
+                    fsync: false,
                 },
             )?;
             let row = BenchRow {
@@ -300,7 +347,9 @@ pub fn run(opts: &BenchOptions) -> Result<()> {
                 method: method.clone(),
                 models: n,
                 seconds: start.elapsed().as_secs_f64(),
+                cpu_seconds: cpu_seconds() - cpu0,
                 peak_rss_mb: peak_rss_mb(),
+                load,
             };
             eprintln!("{row:?}");
             rows.push(row);
@@ -308,20 +357,7 @@ pub fn run(opts: &BenchOptions) -> Result<()> {
             if let Some(mk) = opts.mergekit.as_ref().filter(|_| method != "fisher") {
                 let mut c = timed(mk);
                 c.arg(&recipe_path).arg(&out);
-                match run_peer(c) {
-                    Ok((secs, rss)) => {
-                        let row = BenchRow {
-                            tool: "mergekit".into(),
-                            method: method.clone(),
-                            models: n,
-                            seconds: secs,
-                            peak_rss_mb: rss,
-                        };
-                        eprintln!("{row:?}");
-                        rows.push(row);
-                    }
-                    Err(e) => eprintln!("mergekit {method} ×{n}: {e:#}"),
-                }
+                peer_row(&mut rows, "mergekit", method, n, c);
                 std::fs::remove_dir_all(&out).ok();
             }
             if let (Some(py), "linear") = (&opts.python, method.as_str()) {
@@ -332,30 +368,17 @@ pub fn run(opts: &BenchOptions) -> Result<()> {
                 for m in &models[..n] {
                     c.arg(m.join("model.safetensors"));
                 }
-                match run_peer(c) {
-                    Ok((secs, rss)) => {
-                        let row = BenchRow {
-                            tool: "numpy streaming average".into(),
-                            method: method.clone(),
-                            models: n,
-                            seconds: secs,
-                            peak_rss_mb: rss,
-                        };
-                        eprintln!("{row:?}");
-                        rows.push(row);
-                    }
-                    Err(e) => eprintln!("numpy peer ×{n}: {e:#}"),
-                }
+                peer_row(&mut rows, "numpy streaming average", method, n, c);
                 std::fs::remove_dir_all(&out).ok();
             }
         }
     }
-    println!("| tool | method | models | seconds | peak RSS (MB) |");
-    println!("|---|---|---:|---:|---:|");
+    println!("| tool | method | models | wall s | CPU s | peak RSS (MB) | load |");
+    println!("|---|---|---:|---:|---:|---:|---:|");
     for r in &rows {
         println!(
-            "| {} | {} | {} | {:.2} | {:.0} |",
-            r.tool, r.method, r.models, r.seconds, r.peak_rss_mb
+            "| {} | {} | {} | {:.2} | {:.2} | {:.0} | {:.1} |",
+            r.tool, r.method, r.models, r.seconds, r.cpu_seconds, r.peak_rss_mb, r.load
         );
     }
     if opts.keep {

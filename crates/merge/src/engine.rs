@@ -14,7 +14,7 @@ use std::time::Instant;
 use crate::checkpoint::{
     decode_f32, dtype_name, dtype_width, encode_f32, is_float, parse_dtype, Checkpoint, TensorRef,
 };
-use crate::fisher_file::FisherFile;
+use crate::fisher_file::{valid_fisher_value, FisherFile};
 use crate::methods::{self, Input, MergeMethod, TensorJob, CHUNK};
 use crate::recipe::{Recipe, Resolver, Scalar, ScalarOrGradient, Setting};
 use crate::writer::{ShardedWriter, TensorSpec};
@@ -335,7 +335,12 @@ impl Plan {
             }
         }
         if !problems.is_empty() {
-            bail!("cannot merge:\n  {}", problems.join("\n  "));
+            let shown = problems.len().min(10);
+            let mut text = problems[..shown].join("\n  ");
+            if problems.len() > shown {
+                text += &format!("\n  … and {} more problems", problems.len() - shown);
+            }
+            bail!("cannot merge:\n  {text}");
         }
         Ok(())
     }
@@ -587,34 +592,21 @@ impl Plan {
         let bad = out
             .par_chunks_mut(CHUNK * width)
             .enumerate()
-            .map_init(
-                || {
-                    (
-                        vec![Vec::new(); job.inputs.len()],
-                        vec![Vec::new(); job.fishers.len()],
-                        Vec::new(),
-                    )
-                },
-                |(ins, fis, merged): &mut (Vec<Vec<f32>>, Vec<Vec<f32>>, Vec<f32>), (c, o)| {
+            .map(|(c, o)| {
+                BUFFERS.with_borrow_mut(|b| {
                     let n = o.len() / width;
-                    let offset = c * CHUNK;
-                    for (buf, input) in ins.iter_mut().zip(&job.inputs) {
-                        buf.resize(n, 0.0);
-                        input.read(offset, buf);
-                    }
-                    for (buf, input) in fis.iter_mut().zip(&job.fishers) {
-                        buf.resize(n, 0.0);
-                        input.read(offset, buf);
-                    }
-                    merged.resize(n, 0.0);
-                    merger.merge_chunk(c, ins, fis, merged);
-                    encode_f32(dtype, merged, o);
-                    let bad_fisher = fis
+                    methods::load_chunk(&job.inputs, c * CHUNK, n, &mut b.inputs);
+                    methods::load_chunk(&job.fishers, c * CHUNK, n, &mut b.fishers);
+                    b.merged.resize(n, 0.0);
+                    merger.merge_chunk(c, &b.inputs, &b.fishers, &mut b.scratch, &mut b.merged);
+                    encode_f32(dtype, &b.merged, o);
+                    let bad_fisher = b
+                        .fishers
                         .iter()
-                        .any(|f| f.iter().any(|v| !(*v >= 0.0) || v.is_infinite()));
-                    (!merged.iter().all(|v| v.is_finite()) || bad_fisher).then_some(c)
-                },
-            )
+                        .any(|f| f.iter().any(|v| !valid_fisher_value(*v)));
+                    (!b.merged.iter().all(|v| v.is_finite()) || bad_fisher).then_some(c)
+                })
+            })
             .find_any(Option::is_some)
             .flatten();
         match bad {
@@ -639,7 +631,7 @@ impl Plan {
         }
         for (f, input) in self.fishers.iter().zip(&job.fishers) {
             input.read(start, &mut buf);
-            if let Some(v) = buf.iter().find(|v| !(**v >= 0.0) || v.is_infinite()) {
+            if let Some(v) = buf.iter().find(|v| !valid_fisher_value(**v)) {
                 return anyhow!(
                     "Fisher {} holds {v}; Fisher values must be finite and ≥ 0",
                     f.checkpoint.root().display()
@@ -648,6 +640,20 @@ impl Plan {
         }
         anyhow!("the merge produced non-finite values (overflow in the output dtype or extreme weights)")
     }
+}
+
+/// Per-thread chunk buffers, kept for the whole run so large merges do not re-fault
+/// fresh pages for every chunk.
+#[derive(Default)]
+struct ChunkBuffers {
+    inputs: Vec<Vec<f32>>,
+    fishers: Vec<Vec<f32>>,
+    merged: Vec<f32>,
+    scratch: Vec<Vec<f32>>,
+}
+
+thread_local! {
+    static BUFFERS: std::cell::RefCell<ChunkBuffers> = std::cell::RefCell::default();
 }
 
 fn name_hash(name: &str) -> u64 {
@@ -690,6 +696,11 @@ pub struct OutputOptions {
     pub max_shard_bytes: u64,
     /// The recipe text saved as `mergekit_config.yml` (the YAML of the plan if None).
     pub recipe_text: Option<String>,
+    /// fsync the shards before the directory is renamed into place. Off by default, as
+    /// in mergekit and `save_pretrained`: the staged rename already guarantees that a
+    /// failed run leaves no complete-looking output; fsync adds power-loss durability
+    /// at disk speed.
+    pub fsync: bool,
 }
 
 pub fn merge_to_dir(plan: &Plan, opts: &OutputOptions) -> Result<MergeReport> {
@@ -697,7 +708,7 @@ pub fn merge_to_dir(plan: &Plan, opts: &OutputOptions) -> Result<MergeReport> {
     let dir = staged.path().to_path_buf();
     let specs = plan.specs();
     let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
-    let mut writer = ShardedWriter::new(&dir, &specs, opts.max_shard_bytes, metadata);
+    let mut writer = ShardedWriter::new(&dir, &specs, opts.max_shard_bytes, metadata, opts.fsync);
     let total: u64 = specs.iter().map(|s| s.byte_len() as u64).sum();
     let bar = fisherkit_common::progress::bar(total, "bytes");
     let mut report = plan.execute(

@@ -159,6 +159,11 @@ impl FisherMeta {
     }
 }
 
+/// A diagonal Fisher is a mean of squares: finite and non-negative.
+pub fn valid_fisher_value(v: f32) -> bool {
+    v.is_finite() && v >= 0.0
+}
+
 /// The safetensors `__metadata__` map for `meta`, for writers that stream a Fisher
 /// too large to hold in memory (all tensors must be f32, values finite and ≥ 0).
 pub fn header_for(meta: &FisherMeta) -> Result<HashMap<String, String>> {
@@ -184,7 +189,7 @@ pub fn write_fisher(
                 values.len()
             );
         }
-        if let Some(v) = values.iter().find(|v| !v.is_finite() || **v < 0.0) {
+        if let Some(v) = values.iter().find(|v| !valid_fisher_value(**v)) {
             bail!("Fisher tensor {name} holds {v}; Fisher values must be finite and ≥ 0");
         }
     }
@@ -206,7 +211,7 @@ pub fn write_fisher(
         .suffix(".tmp")
         .tempfile_in(&dir)
         .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
-    let mut w = StreamWriter::create(tmp.path(), specs, &header)?;
+    let mut w = StreamWriter::create(tmp.path(), specs, &header, true)?;
     for (name, _, values) in tensors {
         let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
         w.write_tensor(name, &bytes)?;

@@ -27,6 +27,15 @@ impl Input<'_> {
     }
 }
 
+/// Decode `len` elements from `offset` of each input into the matching buffer.
+pub fn load_chunk(which: &[Input<'_>], offset: usize, len: usize, bufs: &mut Vec<Vec<f32>>) {
+    bufs.resize(which.len(), Vec::new());
+    for (buf, input) in bufs.iter_mut().zip(which) {
+        buf.resize(len, 0.0);
+        input.read(offset, buf);
+    }
+}
+
 /// Everything a method needs to merge one tensor.
 pub struct TensorJob<'a> {
     pub name: &'a str,
@@ -67,8 +76,8 @@ impl TensorJob<'_> {
         (start, (start + CHUNK).min(self.numel))
     }
 
-    /// Map every chunk of the listed inputs (decoded to f32) and reduce, in parallel.
-    /// Results are combined in chunk order, so sums are reproducible.
+    /// Map every chunk of the listed inputs (decoded to f32), in parallel. Results come
+    /// back in chunk order, so a caller's floating-point sums are reproducible.
     pub fn map_chunks<T, F>(&self, which: &[Input<'_>], map: F) -> Vec<T>
     where
         T: Send,
@@ -80,10 +89,7 @@ impl TensorJob<'_> {
                 || vec![Vec::new(); which.len()],
                 |bufs, c| {
                     let (start, end) = self.chunk_range(c);
-                    for (buf, input) in bufs.iter_mut().zip(which) {
-                        buf.resize(end - start, 0.0);
-                        input.read(start, buf);
-                    }
+                    load_chunk(which, start, end - start, bufs);
                     map(c, bufs)
                 },
             )
@@ -93,9 +99,17 @@ impl TensorJob<'_> {
 
 /// Per-tensor state of a method, merging chunks.
 pub trait ChunkMerger: Sync {
-    /// Merge elements `offset..offset+out.len()`. `inputs[i]` and `fishers[i]` hold the
-    /// same elements of input i (fishers empty when the job has none).
-    fn merge_chunk(&self, chunk: usize, inputs: &[Vec<f32>], fishers: &[Vec<f32>], out: &mut [f32]);
+    /// Merge chunk `chunk` (elements `chunk·CHUNK…`). `inputs[i]` and `fishers[i]` hold
+    /// the same elements of input i (fishers empty when the job has none); `scratch` is
+    /// per-thread working memory reused across chunks and tensors.
+    fn merge_chunk(
+        &self,
+        chunk: usize,
+        inputs: &[Vec<f32>],
+        fishers: &[Vec<f32>],
+        scratch: &mut Vec<Vec<f32>>,
+        out: &mut [f32],
+    );
 }
 
 pub trait MergeMethod: Sync {
@@ -119,10 +133,9 @@ pub fn method(name: &str) -> Result<Box<dyn MergeMethod>> {
     Ok(match name {
         "linear" => Box::new(Linear),
         "fisher" => Box::new(Fisher),
-        "task_arithmetic" => Box::new(TaskVectors::TASK_ARITHMETIC),
-        "ties" => Box::new(TaskVectors::TIES),
-        "dare_linear" => Box::new(TaskVectors::DARE_LINEAR),
-        "dare_ties" => Box::new(TaskVectors::DARE_TIES),
+        "task_arithmetic" | "ties" | "dare_linear" | "dare_ties" => {
+            Box::new(TaskVectors::named(name))
+        }
         "slerp" => Box::new(Slerp),
         "passthrough" => Box::new(Passthrough),
         other => bail!("unknown merge method {other:?}"),
@@ -151,7 +164,14 @@ struct LinearChunks {
 }
 
 impl ChunkMerger for LinearChunks {
-    fn merge_chunk(&self, _: usize, inputs: &[Vec<f32>], _: &[Vec<f32>], out: &mut [f32]) {
+    fn merge_chunk(
+        &self,
+        _: usize,
+        inputs: &[Vec<f32>],
+        _: &[Vec<f32>],
+        _: &mut Vec<Vec<f32>>,
+        out: &mut [f32],
+    ) {
         weighted_sum(&self.weights, inputs, out);
     }
 }
@@ -206,20 +226,38 @@ struct FisherChunks {
 }
 
 impl ChunkMerger for FisherChunks {
-    fn merge_chunk(&self, _: usize, inputs: &[Vec<f32>], fishers: &[Vec<f32>], out: &mut [f32]) {
-        for (j, o) in out.iter_mut().enumerate() {
-            let (mut num, mut den) = (0f32, 0f32);
-            for i in 0..inputs.len() {
-                let f = fishers[i][j].max(self.floors[i]);
-                let wf = self.scales[i] * f;
-                num += wf * inputs[i][j];
-                den += wf;
+    fn merge_chunk(
+        &self,
+        _: usize,
+        inputs: &[Vec<f32>],
+        fishers: &[Vec<f32>],
+        scratch: &mut Vec<Vec<f32>>,
+        out: &mut [f32],
+    ) {
+        let n = out.len();
+        scratch.resize(2, Vec::new());
+        for buf in scratch.iter_mut() {
+            buf.clear();
+            buf.resize(n, 0.0);
+        }
+        let [num, den] = &mut scratch[..] else {
+            unreachable!("two buffers")
+        };
+        // One input at a time: simple loops the compiler vectorises.
+        for ((x, f), (scale, floor)) in inputs
+            .iter()
+            .zip(fishers)
+            .zip(self.scales.iter().zip(&self.floors))
+        {
+            for (((nu, de), x), f) in num.iter_mut().zip(den.iter_mut()).zip(x).zip(f) {
+                let wf = scale * f.max(*floor);
+                *nu += wf * x;
+                *de += wf;
             }
-            *o = if den > 0.0 {
-                num / den
-            } else {
-                inputs[self.target][j]
-            };
+        }
+        let target = &inputs[self.target];
+        for (((o, nu), de), t) in out.iter_mut().zip(num.iter()).zip(den.iter()).zip(target) {
+            *o = if *de > 0.0 { nu / de } else { *t };
         }
     }
 }
@@ -289,37 +327,30 @@ struct TaskVectors {
     consensus: bool,
     default_normalize: bool,
     default_rescale: bool,
+    /// |δ| bit patterns of the tensor being sparsified, reused across tensors (a fresh
+    /// multi-hundred-MB allocation per tensor costs more in page faults than the sort).
+    magnitudes: std::sync::Mutex<Vec<u32>>,
 }
 
 impl TaskVectors {
-    const TASK_ARITHMETIC: Self = Self {
-        name: "task_arithmetic",
-        sparsify: Sparsify::None,
-        consensus: false,
-        default_normalize: false,
-        default_rescale: false,
-    };
-    const TIES: Self = Self {
-        name: "ties",
-        sparsify: Sparsify::Magnitude,
-        consensus: true,
-        default_normalize: true,
-        default_rescale: false,
-    };
-    const DARE_LINEAR: Self = Self {
-        name: "dare_linear",
-        sparsify: Sparsify::Random,
-        consensus: false,
-        default_normalize: false,
-        default_rescale: true,
-    };
-    const DARE_TIES: Self = Self {
-        name: "dare_ties",
-        sparsify: Sparsify::Random,
-        consensus: true,
-        default_normalize: false,
-        default_rescale: true,
-    };
+    /// The mergekit method `name` (see mergekit's merge_methods/registry.py).
+    fn named(name: &str) -> Self {
+        let (name, sparsify, consensus, default_normalize, default_rescale) = match name {
+            "task_arithmetic" => ("task_arithmetic", Sparsify::None, false, false, false),
+            "ties" => ("ties", Sparsify::Magnitude, true, true, false),
+            "dare_linear" => ("dare_linear", Sparsify::Random, false, false, true),
+            "dare_ties" => ("dare_ties", Sparsify::Random, true, false, true),
+            other => unreachable!("not a task-vector method: {other}"),
+        };
+        Self {
+            name,
+            sparsify,
+            consensus,
+            default_normalize,
+            default_rescale,
+            magnitudes: std::sync::Mutex::new(Vec::new()),
+        }
+    }
 }
 
 /// How one task vector is sparsified within a tensor.
@@ -327,7 +358,8 @@ impl TaskVectors {
 enum Keep {
     All,
     /// |δ| > threshold kept; |δ| == threshold kept while its rank among equals (in
-    /// element order) is below `equal_quota`; `equal_before[c]` = equals in chunks < c.
+    /// element order) is below `equal_quota`; `equal_before[c]` = equals in chunks < c
+    /// (one entry per chunk plus the total).
     Top {
         threshold: f32,
         equal_quota: usize,
@@ -372,16 +404,29 @@ fn apply_keep(keep: &Keep, chunk: usize, delta: &mut [f32]) {
             equal_quota,
             equal_before,
         } => {
-            let mut rank = equal_before.get(chunk).copied().unwrap_or(0);
-            for d in delta.iter_mut() {
-                let a = d.abs();
-                if a < *threshold {
-                    *d = 0.0;
-                } else if a == *threshold {
-                    if rank >= *equal_quota {
+            let first_rank = equal_before[chunk];
+            let last_rank = equal_before[chunk + 1];
+            if last_rank <= *equal_quota || first_rank >= *equal_quota {
+                // Every element equal to the threshold here is kept (or every one dropped).
+                let keep_equal = last_rank <= *equal_quota;
+                for d in delta.iter_mut() {
+                    let a = d.abs();
+                    // `|`/`&` rather than `||`/`&&`: no branches, so the loop vectorises.
+                    let keep = (a > *threshold) | (keep_equal & (a == *threshold));
+                    *d = if keep { *d } else { 0.0 };
+                }
+            } else {
+                let mut rank = first_rank;
+                for d in delta.iter_mut() {
+                    let a = d.abs();
+                    if a < *threshold {
                         *d = 0.0;
+                    } else if a == *threshold {
+                        if rank >= *equal_quota {
+                            *d = 0.0;
+                        }
+                        rank += 1;
                     }
-                    rank += 1;
                 }
             }
         }
@@ -398,57 +443,79 @@ fn apply_keep(keep: &Keep, chunk: usize, delta: &mut [f32]) {
 }
 
 impl ChunkMerger for TaskVectorChunks {
-    fn merge_chunk(&self, chunk: usize, inputs: &[Vec<f32>], _: &[Vec<f32>], out: &mut [f32]) {
+    fn merge_chunk(
+        &self,
+        chunk: usize,
+        inputs: &[Vec<f32>],
+        _: &[Vec<f32>],
+        scratch: &mut Vec<Vec<f32>>,
+        out: &mut [f32],
+    ) {
         let n = out.len();
-        let mut mixed = vec![0f32; n];
-        let mut divisor = vec![0f32; n];
+        let base = &inputs[self.base];
         let others: Vec<usize> = (0..inputs.len()).filter(|&i| i != self.base).collect();
-        let mut deltas: Vec<Vec<f32>> = others
-            .iter()
-            .map(|&i| {
-                let mut d = vec![0f32; n];
-                self.delta(i, chunk, inputs, &mut d);
-                for v in &mut d {
-                    *v *= self.weights[i];
-                }
-                d
-            })
-            .collect();
+        scratch.resize(others.len() + 3, Vec::new());
+        for buf in scratch.iter_mut() {
+            buf.clear();
+            buf.resize(n, 0.0);
+        }
+        let (delta_bufs, sums) = scratch.split_at_mut(others.len());
+        let [mixed, agreed, divisor] = sums else {
+            unreachable!("three sum buffers")
+        };
+        // Weighted, sparsified task vectors, with the divisor weight of each.
+        let mut deltas: Vec<(&[f32], f32)> = Vec::with_capacity(others.len());
+        for (&i, d) in others.iter().zip(delta_bufs.iter_mut()) {
+            self.delta(i, chunk, inputs, d);
+            let w = self.weights[i];
+            d.iter_mut().for_each(|v| *v *= w);
+            deltas.push((d, self.divisor_weights[i]));
+        }
+        for (d, _) in &deltas {
+            for (m, v) in mixed.iter_mut().zip(*d) {
+                *m += v;
+            }
+        }
         if self.consensus {
-            // Majority sign of the weighted deltas' sum; sign 0 never agrees.
-            for j in 0..n {
-                let sum: f32 = deltas.iter().map(|d| d[j]).sum();
-                let majority = if sum >= 0.0 { 1.0 } else { -1.0 };
-                for (d, &i) in deltas.iter_mut().zip(&others) {
-                    if d[j] != 0.0 && d[j].signum() == majority {
-                        mixed[j] += d[j];
-                        divisor[j] += self.divisor_weights[i];
-                    }
+            // mixed holds Σ wδ: its sign (≥ 0 → +) is the elected sign; sign 0 never agrees.
+            for (d, dw) in &deltas {
+                for (((a, div), v), m) in agreed
+                    .iter_mut()
+                    .zip(divisor.iter_mut())
+                    .zip(*d)
+                    .zip(mixed.iter())
+                {
+                    // v·sign > 0 ⇔ v ≠ 0 with the elected sign; written as selects so the
+                    // loop has no branches and vectorises.
+                    let sign = if *m >= 0.0 { 1.0f32 } else { -1.0 };
+                    let agree = *v * sign > 0.0;
+                    *a += if agree { *v } else { 0.0 };
+                    *div += if agree { *dw } else { 0.0 };
                 }
             }
-            for v in &mut divisor {
-                if *v == 0.0 {
-                    *v = 1.0;
-                }
+            for (((o, b), a), div) in out
+                .iter_mut()
+                .zip(base)
+                .zip(agreed.iter())
+                .zip(divisor.iter())
+            {
+                let v = if self.normalize && *div != 0.0 {
+                    a / div
+                } else {
+                    *a
+                };
+                *o = b + self.lambda * v;
             }
         } else {
-            let total: f32 = others.iter().map(|&i| self.divisor_weights[i]).sum();
-            let total = if total.abs() < 1e-8 { 1.0 } else { total };
-            for d in &deltas {
-                for (m, v) in mixed.iter_mut().zip(d) {
-                    *m += v;
-                }
+            let total: f32 = deltas.iter().map(|(_, dw)| dw).sum();
+            let scale = if self.normalize && total.abs() >= 1e-8 {
+                self.lambda / total
+            } else {
+                self.lambda
+            };
+            for ((o, b), m) in out.iter_mut().zip(base).zip(mixed.iter()) {
+                *o = b + scale * m;
             }
-            divisor.fill(total);
-        }
-        deltas.clear();
-        let base = &inputs[self.base];
-        for j in 0..n {
-            let mut m = mixed[j];
-            if self.normalize {
-                m /= divisor[j];
-            }
-            out[j] = base[j] + self.lambda * m;
         }
     }
 }
@@ -490,7 +557,10 @@ impl MergeMethod for TaskVectors {
             let keep = match self.sparsify {
                 Sparsify::None => Keep::All,
                 _ if density >= 1.0 => Keep::All,
-                Sparsify::Magnitude => top_k_keep(job, i, density),
+                Sparsify::Magnitude => {
+                    let mut bits = self.magnitudes.lock().unwrap_or_else(|e| e.into_inner());
+                    top_k_keep(job, i, density, &mut bits)
+                }
                 Sparsify::Random => Keep::Random {
                     density,
                     stream: splitmix(job.seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)),
@@ -537,72 +607,76 @@ fn l1_rescale(job: &TensorJob<'_>, i: usize, keep: &Keep) -> f32 {
     }
 }
 
-/// Exact top-k selection of |δ| by a two-level radix histogram over the f32 bit
-/// patterns (non-negative floats order like their bits), then per-chunk counts of the
-/// elements equal to the threshold so exactly k elements survive.
-fn top_k_keep(job: &TensorJob<'_>, i: usize, density: f64) -> Keep {
+/// Exact top-k selection of |δ|: the magnitudes' f32 bit patterns (non-negative floats
+/// order like their bits) are computed once, a two-level radix histogram finds the k-th
+/// largest, and per-chunk counts of elements equal to it let exactly k survive.
+fn top_k_keep(job: &TensorJob<'_>, i: usize, density: f64, bits: &mut Vec<u32>) -> Keep {
     let k = (density * job.numel as f64) as usize;
     if k == 0 {
         return Keep::Nothing;
     }
     let pair = [job.inputs[i], job.inputs[job.base]];
-    let abs_bits = |bufs: &[Vec<f32>]| -> Vec<u32> {
-        bufs[0]
-            .iter()
-            .zip(&bufs[1])
-            .map(|(x, b)| (x - b).abs().to_bits())
-            .collect()
-    };
-    // Level 1: top 16 of the 31 magnitude bits.
-    let hist_hi = sum_histograms(job.map_chunks(&pair, |_, bufs| {
-        let mut h = vec![0u32; 1 << 16];
-        for bits in abs_bits(bufs) {
-            h[(bits >> 15) as usize] += 1;
-        }
-        h
-    }));
-    let (hi, above_hi) = find_bucket(&hist_hi, k);
-    // Level 2: the low 15 bits inside the chosen bucket.
-    let hist_lo = sum_histograms(job.map_chunks(&pair, |_, bufs| {
-        let mut h = vec![0u32; 1 << 15];
-        for bits in abs_bits(bufs) {
-            if (bits >> 15) as usize == hi {
-                h[(bits & 0x7FFF) as usize] += 1;
+    bits.clear();
+    bits.resize(job.numel, 0);
+    bits.par_chunks_mut(CHUNK).enumerate().for_each_init(
+        || vec![Vec::new(); 2],
+        |bufs, (c, out)| {
+            load_chunk(&pair, c * CHUNK, out.len(), bufs);
+            for ((o, x), b) in out.iter_mut().zip(&bufs[0]).zip(&bufs[1]) {
+                *o = (x - b).abs().to_bits();
             }
-        }
-        h
-    }));
-    let (lo, above_lo) = find_bucket(&hist_lo, k - above_hi);
-    let threshold = f32::from_bits(((hi as u32) << 15) | lo as u32);
-    let equal_quota = k - above_hi - above_lo;
-    let equal_counts = job.map_chunks(&pair, |_, bufs| {
-        abs_bits(bufs)
-            .into_iter()
-            .filter(|b| *b == threshold.to_bits())
-            .count()
+        },
+    );
+    // Level 1: top 16 of the 31 magnitude bits; level 2: the low 15 inside that bucket.
+    let hist_hi = histogram(bits, 1 << 16, |b| Some((b >> 15) as usize));
+    let (hi, above_hi) = find_bucket(&hist_hi, k);
+    let hist_lo = histogram(bits, 1 << 15, |b| {
+        ((b >> 15) as usize == hi).then_some((b & 0x7FFF) as usize)
     });
-    let mut equal_before = Vec::with_capacity(equal_counts.len());
+    let (lo, above_lo) = find_bucket(&hist_lo, k - above_hi);
+    let threshold = ((hi as u32) << 15) | lo as u32;
+    let equal_counts: Vec<usize> = bits
+        .par_chunks(CHUNK)
+        .map(|c| c.iter().filter(|&&b| b == threshold).count())
+        .collect();
+    let mut equal_before = Vec::with_capacity(equal_counts.len() + 1);
     let mut acc = 0;
+    equal_before.push(0);
     for c in equal_counts {
-        equal_before.push(acc);
         acc += c;
+        equal_before.push(acc);
     }
     Keep::Top {
-        threshold,
-        equal_quota,
+        threshold: f32::from_bits(threshold),
+        equal_quota: k - above_hi - above_lo,
         equal_before,
     }
 }
 
-fn sum_histograms(parts: Vec<Vec<u32>>) -> Vec<u64> {
-    let len = parts.first().map_or(0, Vec::len);
-    let mut total = vec![0u64; len];
-    for p in parts {
-        for (t, v) in total.iter_mut().zip(p) {
-            *t += v as u64;
-        }
-    }
-    total
+/// Counts of `bucket(value)` over `bits`, one table per worker, summed.
+fn histogram(bits: &[u32], bins: usize, bucket: impl Fn(u32) -> Option<usize> + Sync) -> Vec<u64> {
+    bits.par_chunks(CHUNK)
+        .fold(
+            || vec![0u32; bins],
+            |mut h, chunk| {
+                for &b in chunk {
+                    if let Some(i) = bucket(b) {
+                        h[i] += 1;
+                    }
+                }
+                h
+            },
+        )
+        .map(|h| h.into_iter().map(u64::from).collect::<Vec<u64>>())
+        .reduce(
+            || vec![0u64; bins],
+            |mut a, b| {
+                for (x, y) in a.iter_mut().zip(b) {
+                    *x += y;
+                }
+                a
+            },
+        )
 }
 
 /// The bucket holding the k-th largest element (k ≥ 1) and the count above it.
@@ -641,7 +715,14 @@ struct SlerpChunks {
 }
 
 impl ChunkMerger for SlerpChunks {
-    fn merge_chunk(&self, _: usize, inputs: &[Vec<f32>], _: &[Vec<f32>], out: &mut [f32]) {
+    fn merge_chunk(
+        &self,
+        _: usize,
+        inputs: &[Vec<f32>],
+        _: &[Vec<f32>],
+        _: &mut Vec<Vec<f32>>,
+        out: &mut [f32],
+    ) {
         let (v0, v1) = (&inputs[self.base], &inputs[self.other]);
         for ((o, a), b) in out.iter_mut().zip(v0).zip(v1) {
             *o = self.s0 * a + self.s1 * b;

@@ -268,15 +268,14 @@ pub fn layer_index(name: &str) -> Option<usize> {
     re.captures(name).and_then(|c| c[1].parse().ok())
 }
 
-/// Position of a tensor along the depth of the model, as mergekit evaluates gradients:
-/// layer i of n sits at i/(n−1); embeddings before the layers at 0; everything after
-/// (final norm, LM head) at 1.
+/// Position of a tensor along the depth of the model, as mergekit's planner evaluates
+/// gradients: layer i of n sits at i/(n−1) (a single layer at 1); tensors outside the
+/// layers (embeddings, final norm, LM head) are planned with t = 0.
 pub fn layer_t(name: &str, num_layers: usize) -> f64 {
     match layer_index(name) {
         Some(i) if num_layers > 1 => i as f64 / (num_layers - 1) as f64,
-        Some(_) => 0.0,
-        None if name.contains("embed") || name.contains("wte") || name.contains("wpe") => 0.0,
-        None => 1.0,
+        Some(_) => 1.0,
+        None => 0.0,
     }
 }
 
@@ -395,7 +394,8 @@ mod tests {
             7.0 / 21.0
         );
         assert_eq!(layer_t("model.embed_tokens.weight", n), 0.0);
-        assert_eq!(layer_t("lm_head.weight", n), 1.0);
+        assert_eq!(layer_t("lm_head.weight", n), 0.0);
+        assert_eq!(layer_t("model.layers.0.mlp.up_proj.weight", 1), 1.0);
         assert_eq!(layer_index("transformer.h.3.attn.c_attn.weight"), Some(3));
         assert_eq!(layer_index("model.norm.weight"), None);
     }

@@ -46,11 +46,13 @@ pub fn parse_grid(text: &str) -> Result<Vec<f64>> {
     let n = ((stop - start).abs() / step + 1e-9).floor() as usize;
     let dir = if stop >= start { 1.0 } else { -1.0 };
     Ok((0..=n)
-        .map(|i| {
-            let v = start + dir * step * i as f64;
-            (v * 1e12).round() / 1e12
-        })
+        .map(|i| round12(start + dir * step * i as f64))
         .collect())
+}
+
+/// Grid points without accumulated binary noise (0.98, not 0.9800000000000001).
+fn round12(x: f64) -> f64 {
+    (x * 1e12).round() / 1e12
 }
 
 /// Candidate weight vectors for `models` inputs, the target at `target`.
@@ -65,7 +67,7 @@ pub fn candidates(
         2 => Ok(grid
             .iter()
             .map(|&w| {
-                let mut v = vec![1.0 - w; 2];
+                let mut v = vec![round12(1.0 - w); 2];
                 v[target] = w;
                 v
             })

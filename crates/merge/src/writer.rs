@@ -31,13 +31,16 @@ pub struct StreamWriter {
     out: BufWriter<File>,
     specs: Vec<TensorSpec>,
     next: usize,
+    sync: bool,
 }
 
 impl StreamWriter {
+    /// `sync`: fsync on `finish` (durability across power loss, at disk speed).
     pub fn create(
         path: &Path,
         specs: Vec<TensorSpec>,
         metadata: &HashMap<String, String>,
+        sync: bool,
     ) -> Result<Self> {
         let header = header_bytes(&specs, metadata)?;
         let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
@@ -50,6 +53,7 @@ impl StreamWriter {
             out,
             specs,
             next: 0,
+            sync,
         })
     }
 
@@ -75,7 +79,7 @@ impl StreamWriter {
         Ok(())
     }
 
-    /// Flush and fsync; refuses a file with tensors still missing.
+    /// Flush (and fsync if asked); refuses a file with tensors still missing.
     pub fn finish(self) -> Result<()> {
         if self.next != self.specs.len() {
             bail!(
@@ -89,8 +93,11 @@ impl StreamWriter {
             .out
             .into_inner()
             .map_err(|e| anyhow!("writing {}: {}", self.path.display(), e.error()))?;
-        file.sync_all()
-            .with_context(|| format!("syncing {}", self.path.display()))
+        if self.sync {
+            file.sync_all()
+                .with_context(|| format!("syncing {}", self.path.display()))?;
+        }
+        Ok(())
     }
 }
 
@@ -183,6 +190,7 @@ pub struct ShardedWriter {
     /// tensor name → shard index
     shard_of: HashMap<String, usize>,
     total_bytes: u64,
+    sync: bool,
 }
 
 impl ShardedWriter {
@@ -191,6 +199,7 @@ impl ShardedWriter {
         specs: &[TensorSpec],
         max_shard_bytes: u64,
         metadata: HashMap<String, String>,
+        sync: bool,
     ) -> Self {
         let shards = plan_shards(specs, max_shard_bytes);
         let shard_of = shards
@@ -205,6 +214,7 @@ impl ShardedWriter {
             current: None,
             shard_of,
             total_bytes: specs.iter().map(|s| s.byte_len() as u64).sum(),
+            sync,
         }
     }
 
@@ -227,7 +237,12 @@ impl ShardedWriter {
                 w.finish()?;
             }
             let (file, specs) = &self.shards[shard];
-            let w = StreamWriter::create(&self.dir.join(file), specs.clone(), &self.metadata)?;
+            let w = StreamWriter::create(
+                &self.dir.join(file),
+                specs.clone(),
+                &self.metadata,
+                self.sync,
+            )?;
             self.current = Some((shard, w));
         }
         self.current

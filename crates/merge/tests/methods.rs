@@ -579,6 +579,7 @@ fn sharded_output_reloads_exactly_with_selection_report() {
         force: false,
         max_shard_bytes: 12_000, // 5000 bf16 = 10 kB per big tensor → several shards
         recipe_text: Some(yaml.clone()),
+        fsync: true,
     };
     let report = merge_to_dir(&plan, &opts).unwrap();
     assert!(report.shards.len() >= 3, "{:?}", report.shards);

@@ -139,23 +139,42 @@ fn measure_spmm(pefs: &Path, threads: Option<usize>) -> Result<(usize, f64)> {
     Ok((x.nnz(), rate))
 }
 
-/// Run the peer script and return its JSON output.
-fn peer(script: &Path, pefs: &Path, iters: usize) -> Result<serde_json::Value> {
-    let out = Command::new("python3")
+/// Run the peer script; returns its JSON output and the CPU seconds of the whole peer
+/// process (loading included), read from the wrapping shell's children times.
+fn peer(script: &Path, pefs: &Path, iters: usize) -> Result<(serde_json::Value, f64)> {
+    let out = Command::new("sh")
+        .args([
+            "-c",
+            "python3 \"$@\"; s=$?; cat /proc/$$/stat >&2; exit $s",
+            "sh",
+        ])
         .arg(script)
         .arg(pefs)
         .args(["--components", "64", "--iters", &iters.to_string()])
         .output()
         .with_context(|| format!("running python3 {}", script.display()))?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
     ensure!(
         out.status.success(),
-        "{} failed: {}",
-        script.display(),
-        String::from_utf8_lossy(&out.stderr)
+        "{} failed: {stderr}",
+        script.display()
     );
+    let cpu = stderr
+        .lines()
+        .last()
+        .and_then(crate::parse_cpu_ticks)
+        .map_or(f64::NAN, |t| t as f64 / 100.0);
     let text = String::from_utf8_lossy(&out.stdout);
     let line = text.lines().last().unwrap_or_default();
-    serde_json::from_str(line).with_context(|| format!("parsing the peer's output {line:?}"))
+    let json = serde_json::from_str(line)
+        .with_context(|| format!("parsing the peer's output {line:?}"))?;
+    Ok((json, cpu))
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
 }
 
 pub fn run(cfg: &BenchConfig) -> Result<()> {
@@ -172,6 +191,7 @@ pub fn run(cfg: &BenchConfig) -> Result<()> {
         std::thread::available_parallelism().map_or(1, |n| n.get()),
         cfg.threads.map_or("all".to_string(), |t| t.to_string())
     );
+    println!("load average at start: {}", load_average());
     let diag_dir = cfg.dir.join("diagonal");
     ensure_set(&diagonal_spec(), &diag_dir)?;
     let iters = cfg.d_iters.to_string();
@@ -183,27 +203,31 @@ pub fn run(cfg: &BenchConfig) -> Result<()> {
     )?;
     let ours = d.info.seconds_per_step;
     println!(
-        "D-NPEFF  {} × {} kept, nnz {}, r 64, {} iterations: {:.3} s/iter, final ‖A−WH‖_F {:.5}, peak RSS {:.0} MiB",
+        "D-NPEFF  {} × {} kept, nnz {}, r 64, {} iterations: {:.3} s/iter wall, {:.3} CPU-s/iter, final ‖A−WH‖_F {:.5}, peak RSS {:.0} MiB",
         d.info.n_examples,
         d.info.n_kept,
         d.info.nnz,
         cfg.d_iters,
         ours,
+        d.info.cpu_seconds_per_step,
         d.info.final_loss.unwrap_or(f64::NAN),
         d.info.peak_rss_bytes as f64 / 1048576.0
     );
     if let Some(script) = &cfg.peer {
-        let p = peer(script, &diag_dir, cfg.d_iters)?;
+        let (p, cpu) = peer(script, &diag_dir, cfg.d_iters)?;
         let theirs = p["seconds_per_iter"].as_f64().unwrap_or(f64::NAN);
+        let loss = p["loss_frobenius"].as_f64().unwrap_or(f64::NAN);
+        let cpu_per_iter = cpu / cfg.d_iters as f64;
         println!(
-            "peer     {}: shape {}, nnz {}, {:.3} s/iter, final loss {:.5}",
-            p["peer"],
-            p["shape"],
-            p["nnz"],
-            theirs,
-            p["loss_frobenius"].as_f64().unwrap_or(f64::NAN)
+            "peer     {}: shape {}, nnz {}, {theirs:.3} s/iter wall, final loss {loss:.5}; \
+             whole process (incl. loading) {cpu:.1} CPU-s = ≤ {cpu_per_iter:.3} CPU-s/iter",
+            p["peer"], p["shape"], p["nnz"],
         );
-        println!("speed-up vs peer per iteration: {:.2}×", theirs / ours);
+        println!(
+            "speed-up vs peer per iteration: {:.2}× wall; CPU time: ≤ {:.2}×",
+            theirs / ours,
+            cpu_per_iter / d.info.cpu_seconds_per_step
+        );
     }
     let (d_nnz, d_rate) = measure_spmm(&diag_dir, cfg.threads)?;
     println!("SpMM kernel on the D set (nnz {d_nnz}, r 64, X·B + Xᵀ·B): {d_rate:.2} GFLOP/s");
@@ -224,12 +248,13 @@ pub fn run(cfg: &BenchConfig) -> Result<()> {
     let flops = 2.0 * l_nnz as f64 * 64.0 * 2.0;
     let achieved = flops / l.info.seconds_per_step / 1e9;
     println!(
-        "LRM-NPEFF {} examples × 3 classes × {} kept, nnz {}, r 64, {} joint iterations: {:.3} s/iter, peak RSS {:.0} MiB",
+        "LRM-NPEFF {} examples × 3 classes × {} kept, nnz {}, r 64, {} joint iterations: {:.3} s/iter wall, {:.3} CPU-s/iter, peak RSS {:.0} MiB",
         l.info.n_examples,
         l.info.n_kept,
         l.info.nnz,
         cfg.lrm_iters,
         l.info.seconds_per_step,
+        l.info.cpu_seconds_per_step,
         l.info.peak_rss_bytes as f64 / 1048576.0
     );
     println!(
@@ -237,5 +262,6 @@ pub fn run(cfg: &BenchConfig) -> Result<()> {
         flops / 1e9,
         100.0 * achieved / l_rate
     );
+    println!("load average at end: {}", load_average());
     Ok(())
 }

@@ -91,6 +91,9 @@ pub struct DecompositionInfo {
     /// Peak resident memory of that process (0 where unknown).
     #[serde(default)]
     pub peak_rss_bytes: u64,
+    /// CPU seconds (all threads) per iteration of that run.
+    #[serde(default)]
+    pub cpu_seconds_per_step: f64,
 }
 
 /// Summary of a finished fit.
@@ -252,6 +255,7 @@ pub fn fit(pefs: &Path, settings: &FitSettings, run: &RunOptions, out: &Path) ->
         },
         seconds_per_step: 0.0,
         peak_rss_bytes: 0,
+        cpu_seconds_per_step: 0.0,
     };
     let diag = DiagSolver { x: &x, r };
     let lrm = LrmSolver {
@@ -339,6 +343,7 @@ pub fn fit(pefs: &Path, settings: &FitSettings, run: &RunOptions, out: &Path) ->
     pb.set_position(info.steps_done as u64);
     let log_every = run.log_every.max(1);
     let start = Instant::now();
+    let cpu_start = crate::cpu_seconds();
     let first_step = info.steps_done;
     let mut diag_hh = match &state {
         State::Diag(st) => diag.hh(&st.ht),
@@ -355,7 +360,7 @@ pub fn fit(pefs: &Path, settings: &FitSettings, run: &RunOptions, out: &Path) ->
             State::Lrm(st) => {
                 // The loss returned is that of the state before this step, i.e. after step-1.
                 let before = lrm.iterate(st, step > settings.g_only_iters);
-                if (step - 1) % log_every == 0 && step > 1 {
+                if (step - 1).is_multiple_of(log_every) && step > 1 {
                     history.push((step - 1, before));
                     pb.set_message(format!("loss {before:.6e}"));
                 }
@@ -374,14 +379,14 @@ pub fn fit(pefs: &Path, settings: &FitSettings, run: &RunOptions, out: &Path) ->
                 settings.lr
             );
         }
-        if matches!(state, State::Diag(_)) && (step % log_every == 0 || step == total) {
+        if matches!(state, State::Diag(_)) && (step.is_multiple_of(log_every) || step == total) {
             history.push((step, logged));
             pb.set_message(format!("loss {logged:.6e}"));
         }
         pb.set_position(step as u64);
         let stopping = run.stop_after.is_some_and(|s| step - first_step >= s);
         if step < total
-            && (stopping || (run.checkpoint_every > 0 && step % run.checkpoint_every == 0))
+            && (stopping || (run.checkpoint_every > 0 && step.is_multiple_of(run.checkpoint_every)))
         {
             write_result(&ckpt, &x, &state, &info, &history, &[], r, false)?;
             if stopping {
@@ -395,8 +400,9 @@ pub fn fit(pefs: &Path, settings: &FitSettings, run: &RunOptions, out: &Path) ->
             }
         }
     }
-    let seconds_per_step =
-        start.elapsed().as_secs_f64() / (info.steps_done - first_step).max(1) as f64;
+    let steps_run = (info.steps_done - first_step).max(1) as f64;
+    let seconds_per_step = start.elapsed().as_secs_f64() / steps_run;
+    let cpu_per_step = (crate::cpu_seconds() - cpu_start) / steps_run;
     pb.finish_and_clear();
     if let State::Lrm(st) = &state {
         let final_loss = lrm.loss(&st.w, &lrm.products(&st.gt));
@@ -406,6 +412,7 @@ pub fn fit(pefs: &Path, settings: &FitSettings, run: &RunOptions, out: &Path) ->
     }
     info.final_loss = history.last().map(|h| h.1);
     info.seconds_per_step = seconds_per_step;
+    info.cpu_seconds_per_step = cpu_per_step;
     info.peak_rss_bytes = crate::peak_rss_bytes();
     write_result(out, &x, &state, &info, &history, &prepared.kept, r, true)?;
     if ckpt.exists() {
@@ -615,8 +622,7 @@ pub fn coeffs(
             let x: &Csr = &part.x;
             w.extend(fit_coefficients(
                 x,
-                dec.info.classes,
-                low_rank,
+                low_rank.then_some(dec.info.classes),
                 &dict_t,
                 r,
                 iters,

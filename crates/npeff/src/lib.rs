@@ -42,3 +42,27 @@ pub fn peak_rss_bytes() -> u64 {
         })
         .map_or(0, |kb| kb * 1024)
 }
+
+/// CPU seconds (user + system, all threads) consumed by this process so far, from
+/// `/proc/self/stat` (Linux; clock ticks assumed at the kernel's usual 100 Hz). On a shared
+/// machine this is steadier than wall-clock time.
+pub fn cpu_seconds() -> f64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| parse_cpu_ticks(&s))
+        .map_or(0.0, |ticks| ticks as f64 / 100.0)
+}
+
+/// utime + stime (fields 14 and 15) of a `/proc/PID/stat` line, optionally plus the
+/// waited-for children's cutime + cstime (16 and 17).
+pub fn parse_cpu_ticks(stat: &str) -> Option<u64> {
+    // Fields after the parenthesised command name start at field 3.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(4)
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    (f.len() == 4).then(|| f.iter().sum())
+}

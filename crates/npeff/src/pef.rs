@@ -428,6 +428,13 @@ impl PefWriter {
             ex.values.len(),
             self.meta.top_k
         );
+        let row = self.examples_written();
+        ensure!(
+            ex.values.iter().all(|v| v.is_finite() && *v >= 0.0)
+                && ex.values.windows(2).all(|w| w[0] >= w[1]),
+            "example {row}: diagonal values must be finite, non-negative and descending \
+             (DiagonalExample::from_sparse/from_dense produce that)"
+        );
         let k = self.meta.top_k;
         self.push_entries(&ex.indices, &ex.values, k)?;
         self.buffer.norms.push(ex.norm);
@@ -461,6 +468,11 @@ impl PefWriter {
                 "example {row}: a class column has {} indices but {} values",
                 col.indices.len(),
                 col.values.len()
+            );
+            ensure!(
+                col.values.iter().all(|v| v.is_finite())
+                    && col.indices.windows(2).all(|w| w[0] < w[1]),
+                "example {row}: class column values must be finite and indices strictly ascending"
             );
             self.push_entries(&col.indices, &col.values, 0)?;
             offset += col.values.len() as i32;

@@ -325,23 +325,24 @@ impl<'a> LrmSolver<'a> {
 }
 
 /// W-only multiplicative fitting of new examples against a fixed dictionary.
-/// `x` holds the examples' rows (c per example), `dict_t` is the fixed H or G transposed
+/// `x` holds the examples' rows (one per example for diagonal PEFs, c per example for
+/// low-rank ones: `low_rank_classes = Some(c)`), `dict_t` is the fixed H or G transposed
 /// (m × r). Rows are seeded by global example index `first_example + i`, so chunking
 /// does not change the result.
 pub fn fit_coefficients(
     x: &Csr,
-    classes: usize,
-    low_rank: bool,
+    low_rank_classes: Option<usize>,
     dict_t: &[f32],
     r: usize,
     iters: usize,
     seed: u64,
     first_example: usize,
 ) -> Vec<f32> {
+    let classes = low_rank_classes.unwrap_or(1);
     let n = x.nrows / classes;
     let xd = spmm(x, dict_t, r);
     let gram_d = gram(dict_t, x.ncols, r);
-    let (num, hh, eps) = if low_rank {
+    let (num, hh, eps) = if low_rank_classes.is_some() {
         let hh: Vec<f32> = gram_d.iter().map(|v| v * v).collect();
         (class_energy(&xd, classes, r), hh, LRM_EPS)
     } else {

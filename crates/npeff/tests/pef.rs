@@ -140,7 +140,15 @@ fn hand_written(dir: &std::path::Path, values: &[f32], indices: &[u32], norms: &
 #[test]
 fn validation_errors_name_file_tensor_and_row() {
     let tmp = tempfile::tempdir().unwrap();
-    let cases: [(&str, Vec<f32>, Vec<u32>, Vec<f32>, &[&str]); 6] = [
+    // (name, values, indices, norms, words the error must contain)
+    type Case = (
+        &'static str,
+        Vec<f32>,
+        Vec<u32>,
+        Vec<f32>,
+        &'static [&'static str],
+    );
+    let cases: [Case; 6] = [
         (
             "range",
             vec![2.0, 1.0, 2.0, 1.0],
@@ -196,4 +204,34 @@ fn validation_errors_name_file_tensor_and_row() {
             assert!(err.contains(needle), "{name}: {err:?} lacks {needle:?}");
         }
     }
+}
+
+#[test]
+fn pruning_keeps_empty_examples_and_maps_columns_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("p");
+    let mut w = PefWriter::create(&dir, header(PefKind::Diagonal, 2), options(8, false)).unwrap();
+    // Parameter 7 appears in two examples, 2 and 9 once each.
+    for (idx, val) in [
+        (vec![7u64, 2], vec![3.0f32, 1.0]),
+        (vec![7], vec![4.0]),
+        (vec![9], vec![5.0]),
+    ] {
+        w.push_diagonal(&DiagonalExample::from_sparse(&idx, &val, 2))
+            .unwrap();
+    }
+    w.finish().unwrap();
+    let rows = PefDir::open(&dir).unwrap().read_all().unwrap();
+    let all = fisherkit_npeff::prep::prepare(PefKind::Diagonal, &rows, 1).unwrap();
+    assert_eq!(all.kept, vec![2, 7, 9]);
+    assert_eq!(all.empty_examples, 0);
+    // Row 0 normalised by its dense norm sqrt(10): column 7 → kept index 1.
+    let (c, v) = all.x.row(0);
+    assert_eq!(c, &[0, 1]);
+    assert!((v[1] - 3.0 / 10f32.sqrt()).abs() < 1e-6);
+    let pruned = fisherkit_npeff::prep::prepare(PefKind::Diagonal, &rows, 2).unwrap();
+    assert_eq!(pruned.kept, vec![7]);
+    assert_eq!(pruned.x.nrows, 3, "the emptied example stays as a zero row");
+    assert_eq!(pruned.empty_examples, 1);
+    assert!(pruned.x.row(2).0.is_empty());
 }

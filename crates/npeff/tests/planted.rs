@@ -168,6 +168,7 @@ fn coeffs_recover(kind: PefKind) {
             loss_definition: String::new(),
             seconds_per_step: 0.0,
             peak_rss_bytes: 0,
+            cpu_seconds_per_step: 0.0,
         },
         dict,
         kept: (0..m as u64).collect(),
