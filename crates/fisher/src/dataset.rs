@@ -148,20 +148,18 @@ pub fn dataset_fisher<M>(
     mut on_batch: impl FnMut(usize),
 ) -> Result<DatasetFisher>
 where
-    M: GradientModel + Sync,
-    M::Example: Sync,
+    M: GradientModel,
 {
     anyhow::ensure!(run.batch_size >= 1, "the batch size must be at least 1");
     run.selection.validate()?;
     let mut fisher = DatasetFisher::new(crate::param_count(model.params()));
     for (batch_no, batch) in examples.chunks(run.batch_size).enumerate() {
         let first = batch_no * run.batch_size;
-        let results = crate::parallel::map_in_order(batch, |i, example| {
+        for (i, example) in batch.iter().enumerate() {
             let index = (first + i) as u64;
-            example_diagonal(model, example, index, run.mode, &run.selection, run.seed)
-                .map_err(|e| e.context(format!("example {}", index + 1)))
-        })?;
-        for diagonal in &results {
+            let diagonal =
+                example_diagonal(model, example, index, run.mode, &run.selection, run.seed)
+                    .map_err(|e| e.context(format!("example {}", index + 1)))?;
             fisher.add(diagonal.as_deref());
         }
         on_batch(batch.len());

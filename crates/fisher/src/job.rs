@@ -79,7 +79,7 @@ pub struct FisherSummary {
     pub seconds: f64,
 }
 
-pub fn run_fisher<M: LogProbModel + Sync>(
+pub fn run_fisher<M: LogProbModel>(
     source: &ModelSource<'_, M>,
     job: &FisherJob,
 ) -> Result<FisherSummary> {
@@ -178,10 +178,7 @@ pub struct PefSummary {
     pub skipped_nonfinite: usize,
 }
 
-pub fn run_pefs<M: LogProbModel + Sync>(
-    source: &ModelSource<'_, M>,
-    job: &PefJob,
-) -> Result<PefSummary> {
+pub fn run_pefs<M: LogProbModel>(source: &ModelSource<'_, M>, job: &PefJob) -> Result<PefSummary> {
     job.selection.validate()?;
     let (outputs, dataset) = load_data(source, &job.data, &job.outputs, job.examples)?;
     let grads = ModelGradients::new(source.model, outputs.clone())?;
@@ -257,13 +254,10 @@ pub fn run_pefs<M: LogProbModel + Sync>(
     let todo = &items[resumed_from..];
     for (batch_no, batch) in todo.chunks(job.batch_size.max(1)).enumerate() {
         let first = resumed_from + batch_no * job.batch_size.max(1);
-        let fishers = crate::parallel::map_in_order(batch, |i, item| {
-            example_classes(&grads, item, &job.selection)
-                .with_context(|| format!("example {}", first + i + 1))
-        })?;
-        for (i, fisher) in fishers.into_iter().enumerate() {
-            let item = &batch[i];
+        for (i, item) in batch.iter().enumerate() {
             let index = first + i;
+            let fisher = example_classes(&grads, item, &job.selection)
+                .with_context(|| format!("example {}", index + 1))?;
             let finite = fisher.is_finite();
             if !finite {
                 skipped.push(index);

@@ -16,7 +16,6 @@ pub mod dataset;
 pub mod example;
 pub mod job;
 pub mod model;
-pub mod parallel;
 pub mod select;
 pub mod sparse;
 

@@ -106,7 +106,7 @@ fn to_vec<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
         .map_err(|e| anyhow::anyhow!("reading model outputs: {e:?}"))
 }
 
-impl<M: LogProbModel + Sync> GradientModel for ModelGradients<'_, M> {
+impl<M: LogProbModel> GradientModel for ModelGradients<'_, M> {
     type Example = Item;
 
     fn params(&self) -> &[ParamSpec] {
