@@ -6,19 +6,7 @@ use anyhow::{bail, Context};
 use clap::{Args, Subcommand, ValueEnum};
 use fisherkit_fisher::job::{self, FisherJob, ModelSource, OutputsSpec, PefJob};
 use fisherkit_fisher::{ClassSelection, Mode};
-use fisherkit_model::burn::tensor::Device;
-use fisherkit_model::LogProbModel;
-use fisherkit_t5::{TextTokenizer, T5};
-use std::path::{Path, PathBuf};
-
-/// A model loaded for per-example gradients: autodiff CPU device, eval mode.
-fn load_model(dir: &Path) -> anyhow::Result<(T5, Option<TextTokenizer>)> {
-    let mut model = fisherkit_t5::checkpoint::load(dir, &Device::flex().autodiff())
-        .with_context(|| format!("loading the model from {}", dir.display()))?;
-    model.set_training(false);
-    let tokenizer = TextTokenizer::from_dir(dir, model.config().eos_token_id)?;
-    Ok((model, tokenizer))
-}
+use std::path::PathBuf;
 
 #[derive(Args, Debug)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -83,8 +71,9 @@ struct SourceArgs {
     /// Use at most N examples (first N of the file).
     #[arg(long, value_name = "N")]
     examples: Option<usize>,
-    /// Examples computed concurrently and held in memory together.
-    #[arg(long, default_value_t = 2)]
+    /// Examples whose output distributions come from one forward pass (gradients are
+    /// always taken one example at a time).
+    #[arg(long, default_value_t = 8)]
     batch_size: usize,
 }
 
@@ -162,7 +151,7 @@ fn compute_fisher(args: ComputeArgs) -> anyhow::Result<()> {
         ModeArg::Empirical => Mode::Empirical,
     };
     job::check_mode(mode, &outputs, args.source.top_k_classes)?;
-    let (model, tokenizer) = load_model(&model_dir)?;
+    let (model, tokenizer) = job::load_t5(&model_dir, true)?;
     let encode = tokenizer
         .as_ref()
         .map(|tk| move |text: &str| tk.encode(text));
@@ -252,7 +241,7 @@ pub fn pefs(args: PefsArgs) -> anyhow::Result<()> {
     {
         bail!("--outputs tokens needs --top-k-classes K and/or --max-classes C (one backward pass per kept class)");
     }
-    let (model, tokenizer) = load_model(&model_dir)?;
+    let (model, tokenizer) = job::load_t5(&model_dir, true)?;
     let encode = tokenizer
         .as_ref()
         .map(|tk| move |text: &str| tk.encode(text));

@@ -26,7 +26,17 @@ pub fn example_classes<M: GradientModel>(
     example: &M::Example,
     selection: &ClassSelection,
 ) -> Result<ExampleFisher> {
-    let log_probs = model.log_probs(example)?;
+    example_classes_given(model, example, model.log_probs(example)?, selection)
+}
+
+/// [`example_classes`] with the example's log-probabilities already computed (e.g. in
+/// a batched forward pass).
+pub fn example_classes_given<M: GradientModel>(
+    model: &M,
+    example: &M::Example,
+    log_probs: Vec<Vec<f32>>,
+    selection: &ClassSelection,
+) -> Result<ExampleFisher> {
     let kept = selection.select(&log_probs);
     let mut classes = Vec::with_capacity(kept.len());
     for (pick, prob) in kept {

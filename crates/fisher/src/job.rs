@@ -4,19 +4,36 @@
 use crate::data::{self, Dataset};
 use crate::model::{ModelGradients, Outputs};
 use crate::{
-    dataset_fisher, example_classes, top_k_diagonal, top_k_low_rank, ClassSelection, FisherRun,
-    GradientModel, Mode,
+    dataset_fisher, example_classes_given, top_k_diagonal, top_k_low_rank, ClassSelection,
+    FisherRun, GradientModel, Mode,
 };
 use anyhow::{bail, ensure, Context, Result};
 use fisherkit_common::progress;
 use fisherkit_merge::fisher_file::{write_fisher, FisherMeta, FisherMode};
+use fisherkit_model::burn::tensor::Device;
 use fisherkit_model::LogProbModel;
 use fisherkit_npeff::pef::{
     DiagonalExample, ExampleExtras, LowRankExample, ParameterEntry, PefHeader, PefKind, PefWriter,
     SparseColumn, WriterOptions,
 };
+use fisherkit_t5::{TextTokenizer, T5};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+
+/// A T5 checkpoint directory loaded in eval mode (dropout off) on the CPU, recording
+/// gradients when `autodiff`, with the directory's tokenizer if it has one.
+pub fn load_t5(dir: &Path, autodiff: bool) -> Result<(T5, Option<TextTokenizer>)> {
+    let device = if autodiff {
+        Device::flex().autodiff()
+    } else {
+        Device::flex()
+    };
+    let mut model = fisherkit_t5::checkpoint::load(dir, &device)
+        .with_context(|| format!("loading the model from {}", dir.display()))?;
+    model.set_training(false);
+    let tokenizer = TextTokenizer::from_dir(dir, model.config().eos_token_id)?;
+    Ok((model, tokenizer))
+}
 
 /// Which outputs the Fisher is taken over, as given on the command line.
 #[derive(Debug, Clone)]
@@ -254,9 +271,12 @@ pub fn run_pefs<M: LogProbModel>(source: &ModelSource<'_, M>, job: &PefJob) -> R
     let todo = &items[resumed_from..];
     for (batch_no, batch) in todo.chunks(job.batch_size.max(1)).enumerate() {
         let first = resumed_from + batch_no * job.batch_size.max(1);
-        for (i, item) in batch.iter().enumerate() {
+        let log_probs = grads
+            .log_probs_batch(batch)
+            .with_context(|| format!("examples {}..{}", first + 1, first + batch.len()))?;
+        for ((i, item), log_probs) in batch.iter().enumerate().zip(log_probs) {
             let index = first + i;
-            let fisher = example_classes(&grads, item, &job.selection)
+            let fisher = example_classes_given(&grads, item, log_probs, &job.selection)
                 .with_context(|| format!("example {}", index + 1))?;
             let finite = fisher.is_finite();
             if !finite {
