@@ -293,10 +293,27 @@ pub fn pefs(args: PefsArgs) -> anyhow::Result<()> {
 }
 
 #[derive(Args, Debug)]
-pub struct ExperimentArgs {}
+pub struct ExperimentArgs {
+    #[command(subcommand)]
+    which: Experiment,
+}
 
-pub fn experiment(_: ExperimentArgs) -> anyhow::Result<()> {
-    bail!("`fisherkit experiment merge-synthetic` is not implemented yet (see the README's Fisher section)")
+#[derive(Subcommand, Debug)]
+enum Experiment {
+    /// Not implemented yet (exits with an error): isotropic vs Fisher merging of two tiny
+    /// T5s fine-tuned on different synthetic tasks.
+    MergeSynthetic,
+}
+
+pub fn experiment(args: ExperimentArgs) -> anyhow::Result<()> {
+    match args.which {
+        Experiment::MergeSynthetic => bail!(
+            "`fisherkit experiment merge-synthetic` is not implemented yet: fine-tune two models \
+             with `fisherkit train`, compute their Fishers with `fisherkit fisher` and compare \
+             `fisherkit merge --method linear|fisher --search grid` by hand (see the README's \
+             Fisher section)"
+        ),
+    }
 }
 
 #[derive(Args, Debug)]

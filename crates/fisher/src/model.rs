@@ -183,7 +183,11 @@ impl<M: LogProbModel> GradientModel for ModelGradients<'_, M> {
             .model
             .gradients(&grads)
             .context("reading per-parameter gradients")?;
-        Ok(named.into_iter().flat_map(|(_, g)| g).collect())
+        let mut flat = Vec::with_capacity(crate::param_count(&self.params));
+        for (_, g) in named {
+            flat.extend_from_slice(&g);
+        }
+        Ok(flat)
     }
 
     fn observed(&self, item: &Item) -> Result<Vec<Pick>> {
