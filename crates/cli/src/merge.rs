@@ -1,18 +1,21 @@
 //! Arguments of `fisherkit merge` and `fisherkit bench merge`.
 
 use anyhow::{bail, ensure, Context, Result};
-use clap::Args;
+use clap::{Args, ValueEnum};
+use fisherkit_fisher::evaluate::{Metric, ModelEvaluator};
+use fisherkit_fisher::{data, job};
 use fisherkit_merge::recipe::{parse_param, ModelEntry, Recipe, Scalar, ScalarOrGradient, Setting};
 use fisherkit_merge::{bench as merge_bench, engine, search, writer};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Args, Debug)]
 pub struct MergeArgs {
     /// A mergekit-style YAML recipe (the `models:` form). Or use the flags below.
     #[arg(conflicts_with_all = ["method", "model"])]
     recipe: Option<PathBuf>,
-    /// Output model directory (refused if it exists, unless --force).
+    /// Output model directory (refused if it exists, unless --force). With --search: the
+    /// best candidate's merge, plus search.json and search.csv (every candidate's score).
     #[arg(long, required_unless_present = "weights_grid")]
     out: Option<PathBuf>,
     /// Replace an existing output directory (only once the new one is complete).
@@ -63,13 +66,53 @@ pub struct MergeArgs {
     /// Largest output shard (e.g. 5GB, 500MB, 2GiB).
     #[arg(long, default_value = "5GB")]
     max_shard_size: String,
-    /// Coefficient search instead of a merge: target weight start:stop:step (two models).
-    /// Writes nothing; each candidate goes to an evaluator.
+    /// Coefficient grid: the target's weight start:stop:step (two models). Alone it lists
+    /// the candidates (one JSON line each) without merging; with --search grid it is the
+    /// grid searched (default 1:0:0.02, the paper's 51 points).
     #[arg(long, value_name = "START:STOP:STEP")]
     weights_grid: Option<String>,
-    /// For more than two models: number of Dirichlet(1) weight samples to search.
+    /// Number of Dirichlet(1) weight samples: listed for more than two models, or
+    /// searched with --search random.
     #[arg(long, default_value_t = 0)]
     weights_samples: usize,
+    /// Search the merge coefficients: evaluate every candidate merge in memory with the
+    /// target's model on --eval-data and write the best one to --out.
+    #[arg(long, value_enum, requires = "eval_data")]
+    search: Option<SearchKind>,
+    /// Held-out JSONL the candidates are scored on (T5 models; {"input", "target"} with
+    /// tokenizer.json, or {"input_ids", "target_ids"}). Must not be the reported test data.
+    #[arg(long, value_name = "FILE", requires = "search")]
+    eval_data: Option<PathBuf>,
+    /// Score of a candidate: accuracy (rank classification over --labels; the default with
+    /// --labels) or logprob (mean log p(target | input); the default without).
+    #[arg(long, value_enum, requires = "search")]
+    metric: Option<MetricArg>,
+    /// Label strings for rank classification, comma-separated.
+    #[arg(long, value_delimiter = ',', requires = "search")]
+    labels: Vec<String>,
+    /// Use the first N examples of --eval-data (and of --test-data).
+    #[arg(long, value_name = "N", requires = "search")]
+    eval_examples: Option<usize>,
+    /// Examples per forward pass when scoring.
+    #[arg(long, default_value_t = 8)]
+    eval_batch_size: usize,
+    /// Test data on which only the chosen merge is scored (refused if identical to --eval-data).
+    #[arg(long, value_name = "FILE", requires = "search")]
+    test_data: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum SearchKind {
+    /// The target weight over --weights-grid (two models).
+    Grid,
+    /// --weights-samples Dirichlet(1) draws of all models' weights (seeded by --seed).
+    Random,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum MetricArg {
+    Accuracy,
+    Logprob,
 }
 
 fn scalar(s: Scalar) -> Setting {
@@ -166,15 +209,25 @@ pub fn merge(args: MergeArgs) -> Result<()> {
             allow_missing: args.allow_missing,
         },
     )?;
+    if args.search.is_some() {
+        return search_and_merge(&plan, &args, recipe_text);
+    }
     if let Some(grid) = &args.weights_grid {
         return report_candidates(&plan, grid, args.weights_samples, args.seed.unwrap_or(0));
     }
-    let out = args
-        .out
-        .clone()
-        .expect("clap requires --out without --weights-grid");
-    let report = engine::merge_to_dir(
-        &plan,
+    write_merge(&plan, &args, recipe_text, None)
+}
+
+/// Merge into --out (with `weights` replacing the recipe's) and print the report.
+fn write_merge(
+    plan: &engine::Plan,
+    args: &MergeArgs,
+    recipe_text: Option<String>,
+    weights: Option<&[f64]>,
+) -> Result<()> {
+    let out = args.out.clone().context("--out DIR is required")?;
+    let report = engine::merge_to_dir_weighted(
+        plan,
         &engine::OutputOptions {
             out: out.clone(),
             force: args.force,
@@ -182,21 +235,158 @@ pub fn merge(args: MergeArgs) -> Result<()> {
             recipe_text,
             fsync: args.fsync,
         },
+        weights,
     )?;
     println!("{}", report.summary());
     println!("wrote {}", out.display());
     Ok(())
 }
 
-/// Without a model-based evaluator (it arrives with the Fisher computation), the CLI
-/// lists the candidates a search would evaluate, one JSON object per line.
+/// `--search`: score every candidate weighting with the target's model on --eval-data,
+/// write the best merge and the table of all candidates.
+fn search_and_merge(
+    plan: &engine::Plan,
+    args: &MergeArgs,
+    recipe_text: Option<String>,
+) -> Result<()> {
+    let out = args.out.clone().context("--search needs --out DIR")?;
+    let eval_path = args
+        .eval_data
+        .as_ref()
+        .context("--search needs --eval-data FILE")?;
+    ensure!(
+        args.eval_batch_size >= 1,
+        "--eval-batch-size must be at least 1"
+    );
+    ensure!(
+        args.eval_examples != Some(0),
+        "--eval-examples must be at least 1"
+    );
+    if out.exists() && !args.force {
+        bail!("{} exists (pass --force to replace it)", out.display());
+    }
+    let seed = args.seed.unwrap_or(0);
+    let candidates = match args.search.expect("checked by the caller") {
+        SearchKind::Grid => {
+            ensure!(
+                plan.num_inputs() == 2,
+                "--search grid sweeps the target weight of two models; for {} models use --search random --weights-samples N",
+                plan.num_inputs()
+            );
+            let points = search::parse_grid(args.weights_grid.as_deref().unwrap_or("1:0:0.02"))?;
+            search::candidates(&points, 2, plan.target_index(), 0, seed)?
+        }
+        SearchKind::Random => search::dirichlet(plan.num_inputs(), args.weights_samples, seed)
+            .context("--search random needs --weights-samples N")?,
+    };
+
+    let model_dir = plan.target_dir();
+    let (model, tokenizer) = job::load_t5(&model_dir, false)?;
+    let encode = tokenizer
+        .as_ref()
+        .map(|tk| move |text: &str| tk.encode(text));
+    let encoder = encode.as_ref().map(|f| f as data::Encoder<'_>);
+    let outputs = if args.labels.is_empty() {
+        fisherkit_fisher::model::Outputs::Tokens
+    } else {
+        data::label_outputs(&args.labels, encoder)?
+    };
+    let metric = match args.metric {
+        Some(MetricArg::Accuracy) => Metric::Accuracy,
+        Some(MetricArg::Logprob) => Metric::LogProb,
+        None if args.labels.is_empty() => Metric::LogProb,
+        None => Metric::Accuracy,
+    };
+    let vocab = fisherkit_model::LogProbModel::output_size(&model);
+    let load = |path: &Path| data::load(path, encoder, vocab, &outputs, args.eval_examples);
+    let eval = load(eval_path)?;
+    let test = match &args.test_data {
+        Some(path) => {
+            let test = load(path)?;
+            ensure!(
+                test.hash != eval.hash,
+                "--test-data {} has the same contents as --eval-data: coefficients must be selected on data other than the reported test data",
+                path.display()
+            );
+            Some((path, test))
+        }
+        None => None,
+    };
+    let eval_examples = eval.items.len();
+    let mut evaluator = ModelEvaluator::new(
+        model,
+        outputs.clone(),
+        eval.items,
+        metric,
+        args.eval_batch_size,
+    )?;
+    eprintln!(
+        "scoring {} candidate {} merges by {metric} on {eval_examples} examples of {}",
+        candidates.len(),
+        plan.method_name(),
+        eval_path.display()
+    );
+    let scored = search::search(plan, &candidates, &mut evaluator)?;
+    let best = search::best(&scored)
+        .context("no candidates to search")?
+        .clone();
+    let test_score = match test {
+        Some((path, test)) => {
+            evaluator.replace_items(test.items);
+            let score = search::search(plan, std::slice::from_ref(&best.weights), &mut evaluator)?;
+            Some((path.clone(), test.hash, score[0].score))
+        }
+        None => None,
+    };
+    write_merge(plan, args, recipe_text, Some(&best.weights))?;
+
+    let table = serde_json::json!({
+        "method": plan.method_name(),
+        "search": format!("{:?}", args.search.expect("checked")).to_lowercase(),
+        "models": plan.input_names(),
+        "target_index": plan.target_index(),
+        "metric": metric.as_str(),
+        "eval_data": eval_path.display().to_string(),
+        "eval_data_hash": eval.hash,
+        "eval_examples": eval_examples,
+        "seed": seed,
+        "best": &best,
+        "test": test_score.as_ref().map(|(p, h, s)| serde_json::json!({
+            "data": p.display().to_string(), "data_hash": h, "score": s,
+        })),
+        "candidates": &scored,
+    });
+    fisherkit_common::atomic::write_json(&out.join("search.json"), &table)?;
+    let width = plan.num_inputs();
+    let mut csv = (0..width)
+        .map(|i| format!("weight_{i}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    csv.push_str(&format!(",{metric}\n"));
+    for s in &scored {
+        let weights: Vec<String> = s.weights.iter().map(f64::to_string).collect();
+        csv.push_str(&format!("{},{}\n", weights.join(","), s.score));
+    }
+    fisherkit_common::atomic::write_bytes(&out.join("search.csv"), csv.as_bytes())?;
+    println!(
+        "best weights {:?}: {metric} {:.6} on the evaluation data{}",
+        best.weights,
+        best.score,
+        test_score
+            .map(|(p, _, s)| format!("; {metric} {s:.6} on {}", p.display()))
+            .unwrap_or_default()
+    );
+    Ok(())
+}
+
+/// A dry run of a search: the candidates it would evaluate, one JSON object per line.
 fn report_candidates(plan: &engine::Plan, grid: &str, samples: usize, seed: u64) -> Result<()> {
     let points = search::parse_grid(grid)?;
     let target = plan.target_index();
     let candidates = search::candidates(&points, plan.num_inputs(), target, samples, seed)?;
     eprintln!(
-        "{} candidate weightings for {} ({} models, target first weight); no evaluator is \
-         available from the command line yet, so candidates are listed, not scored",
+        "{} candidate weightings for {} ({} models); listed, not scored (add --search \
+         grid|random --eval-data FILE to score them and write the best merge)",
         candidates.len(),
         plan.method_name(),
         plan.num_inputs()

@@ -1,8 +1,8 @@
 //! The diagonal dataset Fisher (1/N) Σ_x F(x), with F(x) computed per example.
 
 use crate::select::{example_seed, sample_classes};
-use crate::{example_classes, ClassSelection, GradientModel};
-use anyhow::{bail, Result};
+use crate::{example_classes_given, ClassSelection, GradientModel};
+use anyhow::{bail, Context, Result};
 use rand::SeedableRng;
 use std::fmt;
 use std::str::FromStr;
@@ -58,20 +58,39 @@ pub fn example_diagonal<M: GradientModel>(
     selection: &ClassSelection,
     seed: u64,
 ) -> Result<Option<Vec<f32>>> {
+    let log_probs = match mode {
+        Mode::Empirical => None,
+        Mode::Exact | Mode::Sampled => Some(model.log_probs(example)?),
+    };
+    example_diagonal_given(model, example, log_probs, index, mode, selection, seed)
+}
+
+/// [`example_diagonal`] with the example's log-probabilities already computed (needed
+/// by the exact and sampled modes; a batched forward pass provides them).
+pub fn example_diagonal_given<M: GradientModel>(
+    model: &M,
+    example: &M::Example,
+    log_probs: Option<Vec<Vec<f32>>>,
+    index: u64,
+    mode: Mode,
+    selection: &ClassSelection,
+    seed: u64,
+) -> Result<Option<Vec<f32>>> {
     let picks = match mode {
-        Mode::Exact => {
-            let fisher = example_classes(model, example, selection)?;
-            return Ok(fisher.is_finite().then(|| fisher.diagonal()));
-        }
-        Mode::Sampled => {
-            let log_probs = model.log_probs(example)?;
+        Mode::Empirical => model.observed(example)?,
+        Mode::Exact | Mode::Sampled => {
+            let log_probs =
+                log_probs.context("the exact and sampled modes need log-probabilities")?;
+            if mode == Mode::Exact {
+                let fisher = example_classes_given(model, example, log_probs, selection)?;
+                return Ok(fisher.is_finite().then(|| fisher.diagonal()));
+            }
             if log_probs.iter().flatten().any(|v| v.is_nan()) {
                 return Ok(None);
             }
             let mut rng = rand::rngs::StdRng::seed_from_u64(example_seed(seed, index));
             sample_classes(&log_probs, &mut rng)
         }
-        Mode::Empirical => model.observed(example)?,
     };
     let grad = model.grad(example, &picks)?;
     if grad.iter().any(|g| !g.is_finite()) {
@@ -133,14 +152,15 @@ pub struct FisherRun {
     pub mode: Mode,
     pub selection: ClassSelection,
     pub seed: u64,
-    /// Examples computed concurrently (spread over the machine's cores) and held in
-    /// memory together before they are added.
+    /// Examples whose output distributions are computed in one forward pass.
     pub batch_size: usize,
 }
 
-/// The dataset Fisher over `examples`. Examples of a batch are computed on worker
-/// threads, each with its own backward passes, and added in data order, so the result
-/// is bit-identical for every batch size. `on_batch` is told how many examples finished.
+/// The dataset Fisher over `examples`. The output distributions of a batch come from
+/// one forward pass; every gradient is taken for one example alone (its own forward and
+/// backward pass: burn's autodiff graphs over shared parameters cannot run concurrently
+/// on threads), and examples are added in data order, so the batch size changes the
+/// result only through the rounding of padded forward passes. `on_batch` is told how many examples finished.
 pub fn dataset_fisher<M>(
     model: &M,
     examples: &[M::Example],
@@ -148,20 +168,33 @@ pub fn dataset_fisher<M>(
     mut on_batch: impl FnMut(usize),
 ) -> Result<DatasetFisher>
 where
-    M: GradientModel + Sync,
-    M::Example: Sync,
+    M: GradientModel,
 {
     anyhow::ensure!(run.batch_size >= 1, "the batch size must be at least 1");
     run.selection.validate()?;
     let mut fisher = DatasetFisher::new(crate::param_count(model.params()));
     for (batch_no, batch) in examples.chunks(run.batch_size).enumerate() {
         let first = batch_no * run.batch_size;
-        let results = crate::parallel::map_in_order(batch, |i, example| {
+        // One batched forward pass for the output distributions; gradients per example.
+        let mut log_probs = match run.mode {
+            Mode::Empirical => Vec::new(),
+            Mode::Exact | Mode::Sampled => model
+                .log_probs_batch(batch)
+                .with_context(|| format!("examples {}..{}", first + 1, first + batch.len()))?,
+        }
+        .into_iter();
+        for (i, example) in batch.iter().enumerate() {
             let index = (first + i) as u64;
-            example_diagonal(model, example, index, run.mode, &run.selection, run.seed)
-                .map_err(|e| e.context(format!("example {}", index + 1)))
-        })?;
-        for diagonal in &results {
+            let diagonal = example_diagonal_given(
+                model,
+                example,
+                log_probs.next(),
+                index,
+                run.mode,
+                &run.selection,
+                run.seed,
+            )
+            .with_context(|| format!("example {}", index + 1))?;
             fisher.add(diagonal.as_deref());
         }
         on_batch(batch.len());

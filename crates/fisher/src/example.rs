@@ -26,7 +26,17 @@ pub fn example_classes<M: GradientModel>(
     example: &M::Example,
     selection: &ClassSelection,
 ) -> Result<ExampleFisher> {
-    let log_probs = model.log_probs(example)?;
+    example_classes_given(model, example, model.log_probs(example)?, selection)
+}
+
+/// [`example_classes`] with the example's log-probabilities already computed (e.g. in
+/// a batched forward pass).
+pub fn example_classes_given<M: GradientModel>(
+    model: &M,
+    example: &M::Example,
+    log_probs: Vec<Vec<f32>>,
+    selection: &ClassSelection,
+) -> Result<ExampleFisher> {
     let kept = selection.select(&log_probs);
     let mut classes = Vec::with_capacity(kept.len());
     for (pick, prob) in kept {
@@ -52,16 +62,18 @@ impl ExampleFisher {
                 .all(|c| c.prob.is_finite() && c.grad.iter().all(|g| g.is_finite()))
     }
 
-    /// The diagonal PEF Σ_c p_c g_c² (accumulated in f64).
+    /// The diagonal PEF Σ_c p_c g_c² (each entry summed over classes in f64; one pass
+    /// over the parameters, without an f64 buffer the size of the model).
     pub fn diagonal(&self) -> Vec<f32> {
         let n = self.classes.first().map_or(0, |c| c.grad.len());
-        let mut acc = vec![0f64; n];
-        for class in &self.classes {
-            for (a, &g) in acc.iter_mut().zip(&class.grad) {
-                *a += class.prob * f64::from(g) * f64::from(g);
-            }
-        }
-        acc.into_iter().map(|v| v as f32).collect()
+        (0..n)
+            .map(|i| {
+                self.classes
+                    .iter()
+                    .map(|c| c.prob * f64::from(c.grad[i]) * f64::from(c.grad[i]))
+                    .sum::<f64>() as f32
+            })
+            .collect()
     }
 
     /// The low-rank PEF factor A (columns sqrt(p_c) g_c), so that the PEF is A Aᵀ.

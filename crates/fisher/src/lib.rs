@@ -10,15 +10,20 @@
 //! Every Fisher here squares gradients of ONE example: batches only group examples for
 //! scheduling, never for a summed gradient (whose square has cross-example terms).
 
+pub mod bench;
+pub mod data;
 pub mod dataset;
+pub mod evaluate;
 pub mod example;
+pub mod job;
 pub mod model;
-pub mod parallel;
 pub mod select;
 pub mod sparse;
 
-pub use dataset::{dataset_fisher, example_diagonal, DatasetFisher, FisherRun, Mode};
-pub use example::{example_classes, ClassGradient, ExampleFisher};
+pub use dataset::{
+    dataset_fisher, example_diagonal, example_diagonal_given, DatasetFisher, FisherRun, Mode,
+};
+pub use example::{example_classes, example_classes_given, ClassGradient, ExampleFisher};
 pub use select::ClassSelection;
 pub use sparse::{top_k_diagonal, top_k_low_rank, SparseDiagonal, SparseLowRank};
 
@@ -53,6 +58,12 @@ pub trait GradientModel {
     /// Log-probabilities of every class at every output position of one example
     /// (each row a normalised distribution), computed without gradients.
     fn log_probs(&self, example: &Self::Example) -> anyhow::Result<Vec<Vec<f32>>>;
+
+    /// [`log_probs`](Self::log_probs) of several examples; a model may compute them in
+    /// one batched forward pass (the gradients stay per example).
+    fn log_probs_batch(&self, examples: &[Self::Example]) -> anyhow::Result<Vec<Vec<Vec<f32>>>> {
+        examples.iter().map(|e| self.log_probs(e)).collect()
+    }
 
     /// The flat gradient (parameter-table order) of `Σ_{(t,c) ∈ picks} log p_t(c | x)`
     /// for ONE example.

@@ -73,22 +73,7 @@ impl<'a, M: LogProbModel> ModelGradients<'a, M> {
     fn forward(&self, item: &Item) -> Result<Tensor<2>> {
         match &self.outputs {
             Outputs::Labels { targets, .. } => {
-                let batch: Vec<Example> = targets
-                    .iter()
-                    .map(|t| Example {
-                        input_ids: item.example.input_ids.clone(),
-                        target_ids: t.clone(),
-                    })
-                    .collect();
-                // Sequence log-likelihood of each label, normalised over the labels.
-                let scores: Tensor<1> = self
-                    .model
-                    .target_logprobs(&batch)?
-                    .sum_dim(1)
-                    .squeeze_dim(1);
-                let max = scores.clone().max().detach();
-                let lse = (scores.clone() - max.clone()).exp().sum().log() + max;
-                Ok((scores - lse).unsqueeze_dim(0))
+                label_log_probs(self.model, std::slice::from_ref(&item.example), targets)
             }
             Outputs::Tokens => {
                 let lsm = self
@@ -101,12 +86,39 @@ impl<'a, M: LogProbModel> ModelGradients<'a, M> {
     }
 }
 
-fn to_vec<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
+/// log p(label | input) of every label for every example, normalised over the labels
+/// (each label's probability is that of its full token sequence): `[examples, labels]`.
+/// Differentiable when the model is on an autodiff device.
+pub fn label_log_probs<M: LogProbModel + ?Sized>(
+    model: &M,
+    examples: &[Example],
+    targets: &[Vec<u32>],
+) -> Result<Tensor<2>> {
+    let batch: Vec<Example> = examples
+        .iter()
+        .flat_map(|e| {
+            targets.iter().map(|t| Example {
+                input_ids: e.input_ids.clone(),
+                target_ids: t.clone(),
+            })
+        })
+        .collect();
+    let scores: Tensor<2> = model
+        .target_logprobs(&batch)?
+        .sum_dim(1)
+        .reshape([examples.len(), targets.len()]);
+    // log-sum-exp with the (constant) row maximum taken out for stability.
+    let max = scores.clone().max_dim(1).detach();
+    let lse = (scores.clone() - max.clone()).exp().sum_dim(1).log() + max;
+    Ok(scores - lse)
+}
+
+pub(crate) fn to_vec<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
     t.try_into_vec_as::<f32>()
         .map_err(|e| anyhow::anyhow!("reading model outputs: {e:?}"))
 }
 
-impl<M: LogProbModel + Sync> GradientModel for ModelGradients<'_, M> {
+impl<M: LogProbModel> GradientModel for ModelGradients<'_, M> {
     type Example = Item;
 
     fn params(&self) -> &[ParamSpec] {
@@ -117,6 +129,36 @@ impl<M: LogProbModel + Sync> GradientModel for ModelGradients<'_, M> {
         let lp = self.forward(item)?.detach();
         let [_, classes] = lp.dims();
         Ok(to_vec(lp)?.chunks(classes).map(<[f32]>::to_vec).collect())
+    }
+
+    fn log_probs_batch(&self, items: &[Item]) -> Result<Vec<Vec<Vec<f32>>>> {
+        let examples: Vec<Example> = items.iter().map(|i| i.example.clone()).collect();
+        match &self.outputs {
+            Outputs::Labels { targets, .. } => {
+                let lp = to_vec(label_log_probs(self.model, &examples, targets)?.detach())?;
+                Ok(lp
+                    .chunks(targets.len())
+                    .map(|row| vec![row.to_vec()])
+                    .collect())
+            }
+            Outputs::Tokens => {
+                let lsm = self.model.log_softmax(&examples)?.detach();
+                let [_, len, vocab] = lsm.dims();
+                let values = to_vec(lsm)?;
+                Ok(examples
+                    .iter()
+                    .enumerate()
+                    .map(|(b, e)| {
+                        // Rows beyond the example's own target are padding.
+                        (0..e.target_ids.len())
+                            .map(|t| {
+                                values[(b * len + t) * vocab..(b * len + t + 1) * vocab].to_vec()
+                            })
+                            .collect()
+                    })
+                    .collect())
+            }
+        }
     }
 
     fn grad(&self, item: &Item, picks: &[Pick]) -> Result<Vec<f32>> {
@@ -141,7 +183,11 @@ impl<M: LogProbModel + Sync> GradientModel for ModelGradients<'_, M> {
             .model
             .gradients(&grads)
             .context("reading per-parameter gradients")?;
-        Ok(named.into_iter().flat_map(|(_, g)| g).collect())
+        let mut flat = Vec::with_capacity(crate::param_count(&self.params));
+        for (_, g) in named {
+            flat.extend_from_slice(&g);
+        }
+        Ok(flat)
     }
 
     fn observed(&self, item: &Item) -> Result<Vec<Pick>> {

@@ -23,30 +23,31 @@ pub struct SparseLowRank {
 
 /// The positions (in flat order) of the `k` entries of largest magnitude. Ties at the
 /// threshold go to the lower positions, so the result is deterministic.
-fn top_k_positions<'a>(values: impl Iterator<Item = &'a f32> + Clone, k: usize) -> Vec<usize> {
-    let mut mags: Vec<f32> = values.clone().map(|v| v.abs()).collect();
-    let k = k.min(mags.len());
+///
+/// One pass with a min-heap of the best `k` so far, keyed by (|v|, lower position
+/// first): most entries of a long vector are rejected by one comparison with the heap's
+/// minimum, and no copy of the vector is made.
+fn top_k_positions<'a>(values: impl Iterator<Item = &'a f32>, k: usize) -> Vec<usize> {
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
     if k == 0 {
         return Vec::new();
     }
-    let (_, threshold, _) = mags.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
-    let threshold = *threshold;
-    let above = values.clone().filter(|v| v.abs() > threshold).count();
-    let mut ties_left = k - above;
-    values
-        .enumerate()
-        .filter_map(|(i, v)| {
-            let m = v.abs();
-            if m > threshold {
-                Some(i)
-            } else if m == threshold && ties_left > 0 {
-                ties_left -= 1;
-                Some(i)
-            } else {
-                None
-            }
-        })
-        .collect()
+    // For non-negative floats the bit pattern orders like the value (as total_cmp).
+    let key = |i: usize, v: f32| (v.abs().to_bits(), Reverse(i));
+    let mut heap: BinaryHeap<Reverse<(u32, Reverse<usize>)>> = BinaryHeap::with_capacity(k);
+    for (i, &v) in values.enumerate() {
+        let candidate = key(i, v);
+        if heap.len() < k {
+            heap.push(Reverse(candidate));
+        } else if heap.peek().is_some_and(|Reverse(min)| candidate > *min) {
+            heap.pop();
+            heap.push(Reverse(candidate));
+        }
+    }
+    let mut positions: Vec<usize> = heap.into_iter().map(|Reverse((_, Reverse(i)))| i).collect();
+    positions.sort_unstable();
+    positions
 }
 
 fn check_k(k: usize, num_params: usize) -> Result<()> {

@@ -93,6 +93,9 @@ pub struct MergeReport {
     pub shards: Vec<String>,
     pub output_bytes: u64,
     pub seconds: f64,
+    /// Per-input weights that replaced the recipe's (a coefficient search's choice).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weights: Option<Vec<f64>>,
 }
 
 impl MergeReport {
@@ -199,6 +202,16 @@ impl Plan {
     /// Index of the target (base) among the inputs.
     pub fn target_index(&self) -> usize {
         self.target
+    }
+
+    /// The input models (files or directories) in weight order.
+    pub fn input_names(&self) -> &[String] {
+        &self.input_names
+    }
+
+    /// Directory of the target model (its config and tokenizer live there).
+    pub fn target_dir(&self) -> PathBuf {
+        self.inputs[self.target].dir()
     }
 
     pub fn num_inputs(&self) -> usize {
@@ -480,6 +493,7 @@ impl Plan {
             shards: Vec::new(),
             output_bytes: 0,
             seconds: 0.0,
+            weights: weights.map(<[f64]>::to_vec),
         };
         let mut out = Vec::new();
         for (k, t) in self.tensors.iter().enumerate() {
@@ -704,6 +718,16 @@ pub struct OutputOptions {
 }
 
 pub fn merge_to_dir(plan: &Plan, opts: &OutputOptions) -> Result<MergeReport> {
+    merge_to_dir_weighted(plan, opts, None)
+}
+
+/// [`merge_to_dir`] with every merged tensor's per-input weights replaced by `weights`
+/// (the candidate a coefficient search chose); the report records them.
+pub fn merge_to_dir_weighted(
+    plan: &Plan,
+    opts: &OutputOptions,
+    weights: Option<&[f64]>,
+) -> Result<MergeReport> {
     let staged = fisherkit_common::atomic::StagedDir::new(&opts.out, opts.force)?;
     let dir = staged.path().to_path_buf();
     let specs = plan.specs();
@@ -712,7 +736,7 @@ pub fn merge_to_dir(plan: &Plan, opts: &OutputOptions) -> Result<MergeReport> {
     let total: u64 = specs.iter().map(|s| s.byte_len() as u64).sum();
     let bar = fisherkit_common::progress::bar(total, "bytes");
     let mut report = plan.execute(
-        None,
+        weights,
         &mut |spec, bytes| writer.write_tensor(&spec.name, bytes),
         &bar,
     )?;

@@ -15,6 +15,8 @@ pub mod recipe;
 pub mod search;
 pub mod writer;
 
-pub use engine::{merge_to_dir, MergeReport, OutputOptions, Plan, PlanOptions};
+pub use engine::{
+    merge_to_dir, merge_to_dir_weighted, MergeReport, OutputOptions, Plan, PlanOptions,
+};
 pub use fisher_file::{inspect, write_fisher, FisherFile, FisherMeta, FisherMode};
 pub use recipe::Recipe;

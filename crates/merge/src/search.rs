@@ -72,23 +72,31 @@ pub fn candidates(
                 v
             })
             .collect()),
-        m if m > 2 => {
-            ensure!(
-                samples > 0,
-                "for {m} models pass a number of Dirichlet samples"
-            );
-            // Dirichlet(1, …, 1): normalised independent Exp(1) draws.
-            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-            Ok((0..samples)
-                .map(|_| {
-                    let e: Vec<f64> = (0..m).map(|_| Exp1.sample(&mut rng)).collect();
-                    let total: f64 = e.iter().sum();
-                    e.iter().map(|x| x / total).collect()
-                })
-                .collect())
-        }
+        m if m > 2 => dirichlet(m, samples, seed),
         _ => bail!("a coefficient search needs at least two models"),
     }
+}
+
+/// `samples` weight vectors drawn uniformly from the simplex over `models` inputs
+/// (Dirichlet(1, …, 1)), reproducible from `seed`.
+pub fn dirichlet(models: usize, samples: usize, seed: u64) -> Result<Vec<Vec<f64>>> {
+    ensure!(
+        models >= 2,
+        "a coefficient search needs at least two models"
+    );
+    ensure!(
+        samples > 0,
+        "for a random search of {models} models pass a number of Dirichlet samples"
+    );
+    // Dirichlet(1, …, 1): normalised independent Exp(1) draws.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    Ok((0..samples)
+        .map(|_| {
+            let e: Vec<f64> = (0..models).map(|_| Exp1.sample(&mut rng)).collect();
+            let total: f64 = e.iter().sum();
+            e.iter().map(|x| x / total).collect()
+        })
+        .collect())
 }
 
 #[derive(Debug, Clone, serde::Serialize)]

@@ -1,0 +1,92 @@
+//! `fisherkit bench fisher`: per-example gradients per second on a randomly initialised
+//! T5 (t5-small shape by default; inputs 128, targets 32 tokens), and diagonal PEFs per
+//! second for a 2-label classification.
+
+use crate::model::{Item, ModelGradients, Outputs};
+use crate::{example_classes, top_k_diagonal, ClassSelection, GradientModel};
+use anyhow::Result;
+use fisherkit_model::burn::tensor::Device;
+use fisherkit_model::{Example, LogProbModel};
+use fisherkit_t5::T5Config;
+use std::time::Instant;
+
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub preset: String,
+    pub input_len: usize,
+    pub target_len: usize,
+    pub examples: usize,
+    pub top_k: usize,
+    pub seed: u64,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BenchReport {
+    pub preset: String,
+    pub parameters: usize,
+    pub input_len: usize,
+    pub target_len: usize,
+    pub examples: usize,
+    pub gradients_per_second: f64,
+    pub diagonal_pefs_per_second: f64,
+}
+
+fn tokens(n: usize, vocab: usize, salt: usize) -> Vec<u32> {
+    let mut ids: Vec<u32> = (0..n.saturating_sub(1))
+        .map(|i| 3 + ((i * 7919 + salt * 104_729) % (vocab - 3)) as u32)
+        .collect();
+    ids.push(1);
+    ids
+}
+
+pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
+    let config = T5Config::preset(&opts.preset)?;
+    let device = Device::flex().autodiff();
+    let mut model = fisherkit_t5::checkpoint::init(&config, false, opts.seed, &device)?;
+    model.set_training(false);
+    let vocab = model.output_size();
+    let items: Vec<Item> = (0..opts.examples)
+        .map(|i| Item {
+            example: Example {
+                input_ids: tokens(opts.input_len, vocab, i),
+                target_ids: tokens(opts.target_len, vocab, i + 1000),
+            },
+            label: Some(i % 2),
+        })
+        .collect();
+
+    // Per-example gradients of the target's log-likelihood (what the sampled and
+    // empirical Fishers need per example).
+    let tokens_model = ModelGradients::new(&model, Outputs::Tokens)?;
+    let parameters = crate::param_count(tokens_model.params());
+    let warm = tokens_model.observed(&items[0])?;
+    tokens_model.grad(&items[0], &warm)?;
+    let start = Instant::now();
+    for item in &items {
+        let picks = tokens_model.observed(item)?;
+        std::hint::black_box(tokens_model.grad(item, &picks)?);
+    }
+    let gradients_per_second = items.len() as f64 / start.elapsed().as_secs_f64();
+
+    // Diagonal PEFs of a 2-label classification (two backward passes per example).
+    let labels = Outputs::Labels {
+        names: vec!["positive".into(), "negative".into()],
+        targets: vec![vec![3, 1], vec![4, 1]],
+    };
+    let label_model = ModelGradients::new(&model, labels)?;
+    let start = Instant::now();
+    for item in &items {
+        let fisher = example_classes(&label_model, item, &ClassSelection::all())?;
+        std::hint::black_box(top_k_diagonal(&fisher.diagonal(), opts.top_k)?);
+    }
+    let diagonal_pefs_per_second = items.len() as f64 / start.elapsed().as_secs_f64();
+    Ok(BenchReport {
+        preset: opts.preset.clone(),
+        parameters,
+        input_len: opts.input_len,
+        target_len: opts.target_len,
+        examples: opts.examples,
+        gradients_per_second,
+        diagonal_pefs_per_second,
+    })
+}

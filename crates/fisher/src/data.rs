@@ -1,0 +1,167 @@
+//! Data for Fisher computation: JSONL rows of text (`input`/`target`, tokenised with the
+//! model directory's `tokenizer.json`) or of token ids (`input_ids`/`target_ids`).
+
+use crate::model::{Item, Outputs};
+use anyhow::{bail, ensure, Context, Result};
+use fisherkit_common::jsonl;
+use fisherkit_model::Example;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+#[derive(Deserialize)]
+struct Row {
+    input: Option<String>,
+    target: Option<String>,
+    input_ids: Option<Vec<u32>>,
+    target_ids: Option<Vec<u32>>,
+    // Other fields of task files (e.g. `task`, `id`) are ignored.
+}
+
+/// A loaded data set.
+pub struct Dataset {
+    pub items: Vec<Item>,
+    /// The `target` text of each item (empty when the data is given as ids).
+    pub target_texts: Vec<String>,
+    /// FNV-1a 64 of the data file's bytes, as recorded in Fisher metadata.
+    pub hash: String,
+}
+
+/// Text → token ids as the model expects them (EOS appended).
+pub type Encoder<'a> = &'a dyn Fn(&str) -> Result<Vec<u32>>;
+
+/// Build the label outputs: each label string tokenised like a target.
+pub fn label_outputs(names: &[String], tokenizer: Option<Encoder>) -> Result<Outputs> {
+    ensure!(
+        names.len() >= 2,
+        "--labels needs at least two label strings"
+    );
+    for (i, a) in names.iter().enumerate() {
+        ensure!(!a.trim().is_empty(), "label {} is empty", i + 1);
+        ensure!(!names[..i].contains(a), "label {a:?} is given twice");
+    }
+    let tokenizer = tokenizer.context(
+        "--outputs labels needs the label strings tokenised: the model directory has no tokenizer.json",
+    )?;
+    let targets = names
+        .iter()
+        .map(|n| tokenizer(n.as_str()))
+        .collect::<Result<Vec<_>>>()?;
+    for (i, t) in targets.iter().enumerate() {
+        ensure!(
+            !targets[..i].contains(t),
+            "labels {:?} and {:?} tokenise identically",
+            names[targets[..i].iter().position(|x| x == t).unwrap_or(0)],
+            names[i]
+        );
+    }
+    Ok(Outputs::Labels {
+        names: names.to_vec(),
+        targets,
+    })
+}
+
+/// Read at most `limit` examples of `path`.
+pub fn load(
+    path: &Path,
+    tokenizer: Option<Encoder>,
+    vocab_size: usize,
+    outputs: &Outputs,
+    limit: Option<usize>,
+) -> Result<Dataset> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let hash = fnv1a64(&bytes);
+    let p = PathBuf::from(path);
+    let mut items = Vec::new();
+    let mut target_texts = Vec::new();
+    for line in jsonl::iter::<Row>(path)? {
+        if limit.is_some_and(|n| items.len() >= n) {
+            break;
+        }
+        let line = line?;
+        let at = || format!("{}:{}", p.display(), line.line_no);
+        let row = line.value;
+        let ids = |text: &Option<String>, ids: Option<Vec<u32>>, field: &str| -> Result<Vec<u32>> {
+            match (text, ids) {
+                (_, Some(ids)) => Ok(ids),
+                (Some(text), None) => match tokenizer {
+                    Some(encode) => encode(text).with_context(at),
+                    None => bail!(
+                        "{}: field {field:?} is text but the model directory has no tokenizer.json (give {field}_ids instead)",
+                        at()
+                    ),
+                },
+                (None, None) => bail!("{}: missing field {field:?} (or {field}_ids)", at()),
+            }
+        };
+        let input_ids = ids(&row.input, row.input_ids, "input")?;
+        ensure!(!input_ids.is_empty(), "{}: the input is empty", at());
+        let target_ids = ids(&row.target, row.target_ids, "target")?;
+        if let Some(bad) = input_ids
+            .iter()
+            .chain(&target_ids)
+            .find(|&&id| id as usize >= vocab_size)
+        {
+            bail!(
+                "{}: token id {bad} is outside the model's vocabulary of {vocab_size}",
+                at()
+            );
+        }
+        ensure!(
+            !target_ids.is_empty() && row.target.as_deref().is_none_or(|t| !t.is_empty()),
+            "{}: the target is empty (a Fisher needs at least one output position)",
+            at()
+        );
+        let label = match outputs {
+            Outputs::Labels { names, targets } => Some(
+                targets
+                    .iter()
+                    .position(|t| *t == target_ids)
+                    .with_context(|| {
+                        format!(
+                            "{}: target {:?} is not one of the labels {}",
+                            at(),
+                            row.target
+                                .clone()
+                                .unwrap_or_else(|| format!("{target_ids:?}")),
+                            names.join(",")
+                        )
+                    })?,
+            ),
+            Outputs::Tokens => None,
+        };
+        target_texts.push(row.target.clone().unwrap_or_default());
+        items.push(Item {
+            example: Example {
+                input_ids,
+                target_ids,
+            },
+            label,
+        });
+    }
+    ensure!(!items.is_empty(), "{}: no examples", path.display());
+    if let Outputs::Labels { names, .. } = outputs {
+        for (c, name) in names.iter().enumerate() {
+            ensure!(
+                items.iter().any(|i| i.label == Some(c)),
+                "label {name:?} never occurs as a target in the {} examples read from {} (a typo in --labels?)",
+                items.len(),
+                path.display()
+            );
+        }
+    }
+    Ok(Dataset {
+        items,
+        target_texts,
+        hash,
+    })
+}
+
+/// FNV-1a (64-bit) of `bytes`, as `fnv1a64:<hex>`.
+pub fn fnv1a64(bytes: &[u8]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x100_0000_01b3);
+    }
+    format!("fnv1a64:{h:016x}")
+}
