@@ -1,4 +1,4 @@
-//! Arguments of the `fisher`, `pefs`, `experiment` and `bench fisher` commands.
+//! Arguments of the `fisher`, `pefs` and `bench fisher` commands.
 //! `fisher inspect` belongs to the Fisher file format in `fisherkit-merge`; computing
 //! Fishers and PEFs lives in `fisherkit-fisher`.
 
@@ -290,30 +290,6 @@ pub fn pefs(args: PefsArgs) -> anyhow::Result<()> {
         }
     );
     Ok(())
-}
-
-#[derive(Args, Debug)]
-pub struct ExperimentArgs {
-    #[command(subcommand)]
-    which: Experiment,
-}
-
-#[derive(Subcommand, Debug)]
-enum Experiment {
-    /// Not implemented yet (exits with an error): isotropic vs Fisher merging of two tiny
-    /// T5s fine-tuned on different synthetic tasks.
-    MergeSynthetic,
-}
-
-pub fn experiment(args: ExperimentArgs) -> anyhow::Result<()> {
-    match args.which {
-        Experiment::MergeSynthetic => bail!(
-            "`fisherkit experiment merge-synthetic` is not implemented yet: fine-tune two models \
-             with `fisherkit train`, compute their Fishers with `fisherkit fisher` and compare \
-             `fisherkit merge --method linear|fisher --search grid` by hand (see the README's \
-             Fisher section)"
-        ),
-    }
 }
 
 #[derive(Args, Debug)]

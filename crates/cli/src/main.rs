@@ -48,8 +48,6 @@ enum Command {
     Fisher(fisher::FisherArgs),
     /// Per-example Fishers written in the PEF format NPEFF reads.
     Pefs(fisher::PefsArgs),
-    /// Experiments that reproduce the papers' central claims at small scale.
-    Experiment(fisher::ExperimentArgs),
     /// Merge checkpoints (Fisher-weighted averaging and mergekit-style methods).
     Merge(merge::MergeArgs),
     /// NPEFF decompositions of per-example Fishers.
@@ -82,7 +80,6 @@ fn main() {
         Command::Quickstart(a) => train::quickstart(a),
         Command::Fisher(a) => fisher::fisher(a),
         Command::Pefs(a) => fisher::pefs(a),
-        Command::Experiment(a) => fisher::experiment(a),
         Command::Merge(a) => merge::merge(a),
         Command::Npeff(a) => npeff::npeff(a),
         Command::C4(a) => c4::c4(a),
