@@ -1,9 +1,11 @@
 //! End-to-end `fisherkit fisher` / `fisherkit pefs` on the tiny T5 fixtures.
 
+mod support;
+
 use fisherkit_common::st::MappedFile;
 use fisherkit_npeff::pef::PefDir;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use support::{ok, s};
 
 const V10: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -14,29 +16,10 @@ const V11: &str = concat!(
     "/../../../shared/fixtures/t5-tiny-v11"
 );
 
-fn fisherkit(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_fisherkit"))
-        .args(args)
-        .env("FISHERKIT_NO_PROGRESS", "1")
-        .output()
-        .expect("run fisherkit")
-}
-
-fn ok(args: &[&str]) {
-    let out = fisherkit(args);
-    assert!(
-        out.status.success(),
-        "fisherkit {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
+/// A command that must fail cleanly with `needle` in its message.
 fn fails(args: &[&str], needle: &str) {
-    let out = fisherkit(args);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "fisherkit {args:?} succeeded");
+    let err = support::fails(args);
     assert!(err.contains(needle), "expected {needle:?} in: {err}");
-    assert!(!err.contains("panicked"), "panic: {err}");
 }
 
 /// The reversal task of the fixtures, as token ids.
@@ -68,10 +51,6 @@ fn tensors(path: &Path) -> Vec<(String, Vec<f32>)> {
             (n, v)
         })
         .collect()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 #[test]
@@ -465,7 +444,7 @@ fn pef_runs_resume_and_refuse_another_model() {
         .map(|x| x.to_string())
         .collect()
     };
-    let run = |a: Vec<String>| fisherkit(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let run = |a: Vec<String>| support::run(&a.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(run(args(&full, V10)).status.success());
     // Simulate an interruption after two shards.
     let part = dir.path().join("part");
@@ -554,7 +533,7 @@ fn search_rows(out: &Path) -> Vec<Vec<f64>> {
 
 /// `fisherkit score`: the summed target log-probability of each example.
 fn score_sums(model: &Path, data: &Path) -> Vec<f64> {
-    let out = fisherkit(&["score", "--model", s(model), "--data", s(data)]);
+    let out = support::run(&["score", "--model", s(model), "--data", s(data)]);
     assert!(
         out.status.success(),
         "{}",
