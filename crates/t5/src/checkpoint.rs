@@ -37,8 +37,16 @@ impl Weights {
         let index = dir.join(INDEX_FILE);
         if single.exists() {
             let file = MappedFile::open(&single)?;
-            let location = file.tensors()?.names().into_iter().map(|n| (n.clone(), 0)).collect();
-            return Ok(Self { files: vec![file], location });
+            let location = file
+                .tensors()?
+                .names()
+                .into_iter()
+                .map(|n| (n.to_string(), 0))
+                .collect();
+            return Ok(Self {
+                files: vec![file],
+                location,
+            });
         }
         if !index.exists() {
             bail!(
@@ -124,13 +132,17 @@ pub fn load(dir: &Path, device: &Device) -> Result<T5> {
                 dir.display()
             );
         }
-        param.set_f32(&values).with_context(|| format!("tensor {found}"))?;
+        param
+            .set_f32(&values)
+            .with_context(|| format!("tensor {found}"))?;
         used.insert(found);
     }
     let unused: Vec<&String> = weights
         .location
         .keys()
-        .filter(|n| !used.contains(*n) && n.as_str() != IGNORED && !n.ends_with("embed_tokens.weight"))
+        .filter(|n| {
+            !used.contains(*n) && n.as_str() != IGNORED && !n.ends_with("embed_tokens.weight")
+        })
         .collect();
     if !unused.is_empty() {
         let mut unused = unused;
@@ -138,7 +150,12 @@ pub fn load(dir: &Path, device: &Device) -> Result<T5> {
         bail!(
             "{}: checkpoint tensors the config does not account for (wrong config?): {}",
             dir.display(),
-            unused.iter().take(5).map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+            unused
+                .iter()
+                .take(5)
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         );
     }
     Ok(model)
@@ -202,13 +219,17 @@ pub fn init(config: &T5Config, untied_lm_head: bool, seed: u64, device: &Device)
         let numel: usize = param_shape(&param).iter().product();
         let values = match init_std(&name, config) {
             Some(std) => {
-                let mut rng = StdRng::seed_from_u64(seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+                let mut rng = StdRng::seed_from_u64(
+                    seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                );
                 let normal = Normal::new(0.0f32, std as f32).expect("positive std");
                 (0..numel).map(|_| normal.sample(&mut rng)).collect()
             }
             None => vec![1.0f32; numel],
         };
-        param.set_f32(&values).with_context(|| format!("parameter {name}"))?;
+        param
+            .set_f32(&values)
+            .with_context(|| format!("parameter {name}"))?;
     }
     Ok(model)
 }

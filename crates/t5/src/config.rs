@@ -174,8 +174,14 @@ impl T5Config {
             ("d_kv", self.d_kv),
             ("d_ff", self.d_ff),
             ("num_heads", self.num_heads),
-            ("relative_attention_num_buckets", self.relative_attention_num_buckets),
-            ("relative_attention_max_distance", self.relative_attention_max_distance),
+            (
+                "relative_attention_num_buckets",
+                self.relative_attention_num_buckets,
+            ),
+            (
+                "relative_attention_max_distance",
+                self.relative_attention_max_distance,
+            ),
         ] {
             if value == 0 {
                 bail!("{name} must be positive");
@@ -190,7 +196,10 @@ impl T5Config {
             ("decoder_start_token_id", self.decoder_start_token_id),
         ] {
             if id as usize >= self.vocab_size {
-                bail!("{name} {id} is outside the vocabulary of {}", self.vocab_size);
+                bail!(
+                    "{name} {id} is outside the vocabulary of {}",
+                    self.vocab_size
+                );
             }
         }
         Ok(())
@@ -229,7 +238,11 @@ impl T5Config {
             .next()
             .unwrap_or("relu")
             .to_string();
-        let dense_act_fn = if kind.gated && act == "gelu" { "gelu_new".into() } else { act };
+        let dense_act_fn = if kind.gated && act == "gelu" {
+            "gelu_new".into()
+        } else {
+            act
+        };
         object
             .entry("architectures")
             .or_insert_with(|| Value::from(vec!["T5ForConditionalGeneration"]));
@@ -315,7 +328,9 @@ mod tests {
     #[test]
     fn unknown_feed_forward_proj_is_an_error() {
         assert!(FeedForwardKind::parse("gated-gelu").unwrap().gated);
-        let err = FeedForwardKind::parse("gated-wobble").unwrap_err().to_string();
+        let err = FeedForwardKind::parse("gated-wobble")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("wobble"), "{err}");
         assert!(FeedForwardKind::parse("half-relu").is_err());
     }

@@ -44,7 +44,10 @@ fn parse_line(
         }
         None => Vec::new(),
     };
-    Ok(Example { input_ids, target_ids })
+    Ok(Example {
+        input_ids,
+        target_ids,
+    })
 }
 
 /// `<name>` as text (tokenized) or `<name>_ids` as ids; `None` when neither is present.
@@ -56,7 +59,9 @@ fn field_ids(
 ) -> Result<Option<Vec<u32>>> {
     let ids_key = format!("{name}_ids");
     let ids = if let Some(ids) = object.get(&ids_key) {
-        let list = ids.as_array().with_context(|| format!("\"{ids_key}\" must be a list of token ids"))?;
+        let list = ids
+            .as_array()
+            .with_context(|| format!("\"{ids_key}\" must be a list of token ids"))?;
         list.iter()
             .map(|v| {
                 v.as_u64()
@@ -66,7 +71,9 @@ fn field_ids(
             })
             .collect::<Result<Vec<u32>>>()?
     } else if let Some(text) = object.get(name) {
-        let text = text.as_str().with_context(|| format!("\"{name}\" must be a string"))?;
+        let text = text
+            .as_str()
+            .with_context(|| format!("\"{name}\" must be a string"))?;
         let tokenizer = tokenizer.with_context(|| {
             format!("\"{name}\" is text but the model directory has no tokenizer.json; give \"{ids_key}\"")
         })?;

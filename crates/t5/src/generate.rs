@@ -42,7 +42,12 @@ pub struct GenerateOptions {
 
 impl Default for GenerateOptions {
     fn default() -> Self {
-        Self { num_beams: 1, length_penalty: LengthPenalty::Power(1.0), max_new_tokens: 32, min_new_tokens: 0 }
+        Self {
+            num_beams: 1,
+            length_penalty: LengthPenalty::Power(1.0),
+            max_new_tokens: 32,
+            min_new_tokens: 0,
+        }
     }
 }
 
@@ -88,9 +93,16 @@ fn argmax(row: &[f32]) -> u32 {
 
 /// Decode a batch of inputs; returns the generated ids per input (start token excluded,
 /// EOS included when produced).
-pub fn generate(model: &T5, inputs: &[Vec<u32>], options: &GenerateOptions) -> Result<Vec<Vec<u32>>> {
+pub fn generate(
+    model: &T5,
+    inputs: &[Vec<u32>],
+    options: &GenerateOptions,
+) -> Result<Vec<Vec<u32>>> {
     ensure!(options.num_beams >= 1, "num_beams must be at least 1");
-    ensure!(options.max_new_tokens >= 1, "max_new_tokens must be at least 1");
+    ensure!(
+        options.max_new_tokens >= 1,
+        "max_new_tokens must be at least 1"
+    );
     if options.num_beams == 1 {
         greedy(model, inputs, options)
     } else {
@@ -109,7 +121,11 @@ fn greedy(model: &T5, inputs: &[Vec<u32>], options: &GenerateOptions) -> Result<
         let rows = step_logprobs(model, &mut cache, &last, step < options.min_new_tokens);
         for (i, row) in rows.iter().enumerate() {
             // Finished rows keep decoding padding (as HF does) but nothing is recorded.
-            let token = if finished[i] { config.pad_token_id } else { argmax(row) };
+            let token = if finished[i] {
+                config.pad_token_id
+            } else {
+                argmax(row)
+            };
             if !finished[i] {
                 outputs[i].push(token);
                 finished[i] = token == config.eos_token_id;
@@ -146,20 +162,31 @@ impl Hypotheses {
 /// top 2K continuations over all beams; an EOS continuation ranked within the first K
 /// becomes a finished hypothesis, the best K non-EOS continuations become the new beams.
 /// At the length limit the running beams join the finished ones.
-fn beam_search(model: &T5, inputs: &[Vec<u32>], options: &GenerateOptions) -> Result<Vec<Vec<u32>>> {
+fn beam_search(
+    model: &T5,
+    inputs: &[Vec<u32>],
+    options: &GenerateOptions,
+) -> Result<Vec<Vec<u32>>> {
     let config = model.config();
     let k = options.num_beams;
     let encoded = model.encode(inputs)?;
     let mut cache = model.start_decoding(&encoded);
     // Every input's row is repeated K times: row b*K + j is beam j of input b.
-    let rows: Vec<usize> = (0..inputs.len()).flat_map(|b| std::iter::repeat_n(b, k)).collect();
+    let rows: Vec<usize> = (0..inputs.len())
+        .flat_map(|b| std::iter::repeat_n(b, k))
+        .collect();
     cache.select_rows(&rows);
     let mut beams: Vec<Vec<u32>> = vec![Vec::new(); inputs.len() * k];
     // Only beam 0 is live at the start, so the first step does not pick K copies.
-    let mut scores: Vec<f64> =
-        (0..inputs.len() * k).map(|r| if r % k == 0 { 0.0 } else { -1e9 }).collect();
-    let mut hypotheses: Vec<Hypotheses> =
-        (0..inputs.len()).map(|_| Hypotheses { best: Vec::new(), num_beams: k }).collect();
+    let mut scores: Vec<f64> = (0..inputs.len() * k)
+        .map(|r| if r % k == 0 { 0.0 } else { -1e9 })
+        .collect();
+    let mut hypotheses: Vec<Hypotheses> = (0..inputs.len())
+        .map(|_| Hypotheses {
+            best: Vec::new(),
+            num_beams: k,
+        })
+        .collect();
     let mut last = vec![config.decoder_start_token_id; inputs.len() * k];
     for step in 0..options.max_new_tokens {
         let log_probs = step_logprobs(model, &mut cache, &last, step < options.min_new_tokens);
@@ -207,7 +234,10 @@ fn beam_search(model: &T5, inputs: &[Vec<u32>], options: &GenerateOptions) -> Re
             }
         }
         cache.select_rows(&next_rows);
-        last = next_beams.iter().map(|t| *t.last().unwrap_or(&config.pad_token_id)).collect();
+        last = next_beams
+            .iter()
+            .map(|t| *t.last().unwrap_or(&config.pad_token_id))
+            .collect();
         beams = next_beams;
         scores = next_scores;
         if hypotheses.iter().all(Hypotheses::is_done) {
@@ -221,12 +251,20 @@ fn beam_search(model: &T5, inputs: &[Vec<u32>], options: &GenerateOptions) -> Re
         }
         for j in 0..k {
             let row = b * k + j;
-            let normalised = options.length_penalty.normalise(scores[row], beams[row].len());
+            let normalised = options
+                .length_penalty
+                .normalise(scores[row], beams[row].len());
             hyps.add(normalised, beams[row].clone());
         }
     }
     Ok(hypotheses
         .into_iter()
-        .map(|h| h.best.into_iter().next().map(|(_, t)| t).unwrap_or_default())
+        .map(|h| {
+            h.best
+                .into_iter()
+                .next()
+                .map(|(_, t)| t)
+                .unwrap_or_default()
+        })
         .collect())
 }

@@ -55,7 +55,10 @@ impl LogProbModel for T5 {
     fn log_softmax(&self, batch: &[Example]) -> Result<Tensor<3>> {
         let inputs: Vec<Vec<u32>> = batch.iter().map(|e| e.input_ids.clone()).collect();
         let targets: Vec<Vec<u32>> = batch.iter().map(|e| e.target_ids.clone()).collect();
-        Ok(log_softmax(self.teacher_forced_logits(&inputs, &targets)?, 2))
+        Ok(log_softmax(
+            self.teacher_forced_logits(&inputs, &targets)?,
+            2,
+        ))
     }
 
     fn save(&self, dir: &Path) -> Result<()> {

@@ -102,7 +102,10 @@ param_list!(LayerNorm { param "weight" => weight, });
 
 impl LayerNorm {
     fn new(d_model: usize, eps: f64, device: &Device) -> Self {
-        Self { weight: Param::from_tensor(Tensor::ones([d_model], device)), eps }
+        Self {
+            weight: Param::from_tensor(Tensor::ones([d_model], device)),
+            eps,
+        }
     }
 
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
@@ -164,15 +167,20 @@ impl Attention {
             k: zeros([inner, d], device),
             v: zeros([inner, d], device),
             o: zeros([d, inner], device),
-            relative_attention_bias: with_bias
-                .then(|| zeros([config.relative_attention_num_buckets, config.num_heads], device)),
+            relative_attention_bias: with_bias.then(|| {
+                zeros(
+                    [config.relative_attention_num_buckets, config.num_heads],
+                    device,
+                )
+            }),
             num_heads: config.num_heads,
         }
     }
 
     fn split_heads(&self, x: Tensor<3>) -> Tensor<4> {
         let [batch, len, inner] = x.dims();
-        x.reshape([batch, len, self.num_heads, inner / self.num_heads]).swap_dims(1, 2)
+        x.reshape([batch, len, self.num_heads, inner / self.num_heads])
+            .swap_dims(1, 2)
     }
 
     /// Project `x` (the normed input or the encoder output) to keys and values.
@@ -313,7 +321,10 @@ impl DecoderBlock {
         let kv = self_kv.as_ref().expect("set above");
         let x = x + dropout.apply(self.self_attention.attend(normed, kv, self_bias, dropout));
         let normed = self.cross_attention_norm.forward(x.clone());
-        let x = x + dropout.apply(self.cross_attention.attend(normed, cross_kv, cross_bias, dropout));
+        let x = x + dropout.apply(
+            self.cross_attention
+                .attend(normed, cross_kv, cross_bias, dropout),
+        );
         let normed = self.feed_forward_norm.forward(x.clone());
         x.clone() + dropout.apply(self.feed_forward.forward(normed, dropout))
     }
@@ -468,7 +479,13 @@ impl T5 {
     }
 
     fn dropout(&self) -> Dropout {
-        Dropout { rate: if self.training { self.config.dropout_rate } else { 0.0 } }
+        Dropout {
+            rate: if self.training {
+                self.config.dropout_rate
+            } else {
+                0.0
+            },
+        }
     }
 
     /// Every parameter under its HF name, in checkpoint order.
@@ -485,7 +502,10 @@ impl T5 {
     }
 
     fn check_ids(&self, ids: &[u32], what: &str) -> Result<()> {
-        ensure!(!ids.is_empty(), "empty {what}: at least one token is needed");
+        ensure!(
+            !ids.is_empty(),
+            "empty {what}: at least one token is needed"
+        );
         let vocab = self.config.vocab_size;
         if let Some(bad) = ids.iter().find(|&&id| id as usize >= vocab) {
             anyhow::bail!("{what} token id {bad} is outside the vocabulary (vocab_size {vocab})");
@@ -550,11 +570,16 @@ impl T5 {
                     config.relative_attention_max_distance,
                 );
                 buckets.push(bucket as i64);
-                causal.push(if !bidirectional && k > q { MASKED } else { 0.0f32 });
+                causal.push(if !bidirectional && k > q {
+                    MASKED
+                } else {
+                    0.0f32
+                });
             }
         }
         let device = self.device();
-        let index = Tensor::<1, Int>::from_data(TensorData::new(buckets, [queries * keys]), &device);
+        let index =
+            Tensor::<1, Int>::from_data(TensorData::new(buckets, [queries * keys]), &device);
         let heads = config.num_heads;
         let bias = table
             .val()
@@ -601,7 +626,10 @@ impl T5 {
             x = block.forward(x, bias.clone(), dropout);
         }
         let hidden = dropout.apply(self.encoder_final_norm.forward(x));
-        Ok(Encoded { hidden, additive_mask: padded.additive_mask })
+        Ok(Encoded {
+            hidden,
+            additive_mask: padded.additive_mask,
+        })
     }
 
     /// A fresh decoding state over `encoded`: cross-attention keys/values are computed
@@ -649,8 +677,17 @@ impl T5 {
 
     /// Teacher-forced logits `[batch, max_target_len, vocab]`: the decoder input is each
     /// target shifted right with `decoder_start_token_id`.
-    pub fn teacher_forced_logits(&self, inputs: &[Vec<u32>], targets: &[Vec<u32>]) -> Result<Tensor<3>> {
-        ensure!(inputs.len() == targets.len(), "{} inputs but {} targets", inputs.len(), targets.len());
+    pub fn teacher_forced_logits(
+        &self,
+        inputs: &[Vec<u32>],
+        targets: &[Vec<u32>],
+    ) -> Result<Tensor<3>> {
+        ensure!(
+            inputs.len() == targets.len(),
+            "{} inputs but {} targets",
+            inputs.len(),
+            targets.len()
+        );
         for target in targets {
             self.check_ids(target, "target")?;
         }

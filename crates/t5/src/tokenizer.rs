@@ -14,13 +14,18 @@ impl TextTokenizer {
     pub fn load(path: &Path, eos_token_id: u32) -> Result<Self> {
         let inner = tokenizers::Tokenizer::from_file(path)
             .map_err(|e| anyhow!("{}: cannot load tokenizer: {e}", path.display()))?;
-        Ok(Self { inner, eos_token_id })
+        Ok(Self {
+            inner,
+            eos_token_id,
+        })
     }
 
     /// The tokenizer of a checkpoint directory, if it has one.
     pub fn from_dir(dir: &Path, eos_token_id: u32) -> Result<Option<Self>> {
         let path = dir.join(crate::checkpoint::TOKENIZER_FILE);
-        path.exists().then(|| Self::load(&path, eos_token_id)).transpose()
+        path.exists()
+            .then(|| Self::load(&path, eos_token_id))
+            .transpose()
     }
 
     pub fn vocab_size(&self) -> usize {
@@ -43,6 +48,8 @@ impl TextTokenizer {
 
     /// Text of `ids` without special tokens.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.inner.decode(ids, true).map_err(|e| anyhow!("decoding {ids:?}: {e}"))
+        self.inner
+            .decode(ids, true)
+            .map_err(|e| anyhow!("decoding {ids:?}: {e}"))
     }
 }

@@ -28,7 +28,11 @@ struct Cases {
 }
 
 fn fixture(name: &str) -> (T5, Cases) {
-    let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures")).join(name);
+    let dir = PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../../shared/fixtures"
+    ))
+    .join(name);
     let model = checkpoint::load(&dir, &Device::flex()).unwrap();
     let text = std::fs::read_to_string(dir.join("cases.json")).unwrap();
     (model, serde_json::from_str(&text).unwrap())
@@ -39,7 +43,10 @@ fn check_fixture(name: &str) {
     let batch: Vec<Example> = fixture
         .cases
         .iter()
-        .map(|c| Example { input_ids: c.input_ids.clone(), target_ids: c.target_ids.clone() })
+        .map(|c| Example {
+            input_ids: c.input_ids.clone(),
+            target_ids: c.target_ids.clone(),
+        })
         .collect();
 
     // Scores of the whole padded batch at once: padding and masks matter.
@@ -47,10 +54,16 @@ fn check_fixture(name: &str) {
     for (i, (case, got)) in fixture.cases.iter().zip(&scores).enumerate() {
         assert_eq!(got.len(), case.target_token_logprobs.len());
         for (t, (g, want)) in got.iter().zip(&case.target_token_logprobs).enumerate() {
-            assert!((g - want).abs() < 1e-4, "{name} case {i} token {t}: {g} vs {want}");
+            assert!(
+                (g - want).abs() < 1e-4,
+                "{name} case {i} token {t}: {g} vs {want}"
+            );
         }
         let sum: f32 = got.iter().sum();
-        assert!((sum - case.target_logprob_sum).abs() < 1e-3, "{name} case {i} sum");
+        assert!(
+            (sum - case.target_logprob_sum).abs() < 1e-3,
+            "{name} case {i} sum"
+        );
     }
 
     let inputs: Vec<Vec<u32>> = batch.iter().map(|e| e.input_ids.clone()).collect();
@@ -61,7 +74,10 @@ fn check_fixture(name: &str) {
     for (i, case) in fixture.cases.iter().enumerate() {
         let head = &logits[i * len * vocab..i * len * vocab + 16];
         for (j, (g, want)) in head.iter().zip(&case.first_step_logits_head).enumerate() {
-            assert!((g - want).abs() < 1e-3, "{name} case {i} logit {j}: {g} vs {want}");
+            assert!(
+                (g - want).abs() < 1e-3,
+                "{name} case {i} logit {j}: {g} vs {want}"
+            );
         }
     }
 
@@ -69,13 +85,20 @@ fn check_fixture(name: &str) {
     let hidden: Vec<f32> = encoded.hidden.try_into_vec_as::<f32>().unwrap();
     let sum: f32 = hidden.iter().sum();
     let abs_sum: f32 = hidden.iter().map(|v| v.abs()).sum();
-    assert!((sum - fixture.encoder_output_first_example_sum).abs() < 2e-3, "{name} sum {sum}");
+    assert!(
+        (sum - fixture.encoder_output_first_example_sum).abs() < 2e-3,
+        "{name} sum {sum}"
+    );
     assert!(
         (abs_sum - fixture.encoder_output_first_example_abs_sum).abs() < 2e-3,
         "{name} abs sum {abs_sum}"
     );
 
-    let greedy = GenerateOptions { num_beams: 1, max_new_tokens: 16, ..Default::default() };
+    let greedy = GenerateOptions {
+        num_beams: 1,
+        max_new_tokens: 16,
+        ..Default::default()
+    };
     let got = generate(&model, &inputs, &greedy).unwrap();
     for (i, (case, ids)) in fixture.cases.iter().zip(&got).enumerate() {
         assert_eq!(ids, &case.greedy_ids, "{name} greedy case {i}");

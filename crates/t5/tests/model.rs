@@ -11,27 +11,67 @@ use fisherkit_model::{Example, LogProbModel, ParamAccess, ParamMut};
 use fisherkit_t5::{checkpoint, relative_position_bucket, T5Config, T5};
 
 fn fixture_dir(name: &str) -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures")).join(name)
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../../shared/fixtures"
+    ))
+    .join(name)
 }
 
 #[test]
 fn golden_bucket_tables() {
     let encoder = [
-        (-1, 1), (-7, 7), (-8, 8), (-12, 9), (-16, 10), (-23, 11), (-32, 12), (-46, 13),
-        (-64, 14), (-91, 15), (-128, 15), (1, 17), (7, 23), (8, 24), (16, 26), (32, 28),
-        (64, 30), (127, 31),
+        (-1, 1),
+        (-7, 7),
+        (-8, 8),
+        (-12, 9),
+        (-16, 10),
+        (-23, 11),
+        (-32, 12),
+        (-46, 13),
+        (-64, 14),
+        (-91, 15),
+        (-128, 15),
+        (1, 17),
+        (7, 23),
+        (8, 24),
+        (16, 26),
+        (32, 28),
+        (64, 30),
+        (127, 31),
     ];
     for (rp, bucket) in encoder {
-        assert_eq!(relative_position_bucket(rp, true, 32, 128), bucket, "encoder rp {rp}");
+        assert_eq!(
+            relative_position_bucket(rp, true, 32, 128),
+            bucket,
+            "encoder rp {rp}"
+        );
     }
     let mut decoder: Vec<(i64, usize)> = (0..16).map(|n| (n, n as usize)).collect();
     decoder.extend([
-        (16, 16), (19, 17), (22, 18), (26, 19), (27, 20), (31, 21), (38, 22), (45, 23),
-        (46, 24), (54, 25), (64, 26), (77, 28), (91, 29), (108, 30), (127, 31),
+        (16, 16),
+        (19, 17),
+        (22, 18),
+        (26, 19),
+        (27, 20),
+        (31, 21),
+        (38, 22),
+        (45, 23),
+        (46, 24),
+        (54, 25),
+        (64, 26),
+        (77, 28),
+        (91, 29),
+        (108, 30),
+        (127, 31),
     ]);
     for (distance, bucket) in decoder {
         // key - query = -distance; future keys (masked anyway) land in bucket 0.
-        assert_eq!(relative_position_bucket(-distance, false, 32, 128), bucket, "decoder n {distance}");
+        assert_eq!(
+            relative_position_bucket(-distance, false, 32, 128),
+            bucket,
+            "decoder n {distance}"
+        );
     }
     assert_eq!(relative_position_bucket(5, false, 32, 128), 0);
 }
@@ -60,8 +100,14 @@ fn micro_config(gated: bool) -> T5Config {
 
 fn micro_batch() -> Vec<Example> {
     vec![
-        Example { input_ids: vec![5, 9, 3, 17, 2, 11, 7, 1], target_ids: vec![4, 8, 15, 16, 1] },
-        Example { input_ids: vec![22, 6, 1], target_ids: vec![12, 1] },
+        Example {
+            input_ids: vec![5, 9, 3, 17, 2, 11, 7, 1],
+            target_ids: vec![4, 8, 15, 16, 1],
+        },
+        Example {
+            input_ids: vec![22, 6, 1],
+            target_ids: vec![12, 1],
+        },
     ]
 }
 
@@ -87,7 +133,13 @@ fn finite_difference_gradients_f64() {
         for (spec, (name, grad)) in specs.iter().zip(&grads) {
             let values: Vec<f64> = {
                 let params = model.named_params();
-                params.iter().find(|(n, _)| n == name).unwrap().1.to_vec::<f64>().unwrap()
+                params
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .unwrap()
+                    .1
+                    .to_vec::<f64>()
+                    .unwrap()
             };
             for k in 0..3 {
                 let index = (k * 7919 + 13) % spec.numel();
@@ -125,11 +177,19 @@ fn every_parameter_gets_a_gradient() {
         let loss = model.target_logprobs(&micro_batch()).unwrap().sum();
         let grads = model.gradients(&loss.backward()).unwrap();
         let names: Vec<&str> = grads.iter().map(|(n, _)| n.as_str()).collect();
-        assert!(names.contains(&"decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"));
+        assert!(
+            names.contains(&"decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight")
+        );
         assert_eq!(names.contains(&"lm_head.weight"), gated);
         for (name, grad) in &grads {
-            assert!(grad.iter().all(|g| g.is_finite()), "{name}: non-finite gradient");
-            assert!(grad.iter().any(|&g| g != 0.0), "{name}: gradient is all zero");
+            assert!(
+                grad.iter().all(|g| g.is_finite()),
+                "{name}: non-finite gradient"
+            );
+            assert!(
+                grad.iter().any(|&g| g != 0.0),
+                "{name}: gradient is all zero"
+            );
         }
     }
 }
@@ -159,7 +219,11 @@ fn preset_parameter_counts_match_the_spec() {
         let bias = config.relative_attention_num_buckets * config.num_heads;
         let encoder = config.num_layers * (attention + ffn + 2 * d) + bias + d;
         let decoder = config.decoder_layers() * (2 * attention + ffn + 3 * d) + bias + d;
-        let head = if config.tie_word_embeddings { 0 } else { config.vocab_size * d };
+        let head = if config.tie_word_embeddings {
+            0
+        } else {
+            config.vocab_size * d
+        };
         config.vocab_size * d + encoder + decoder + head
     }
     for (preset, params) in [
@@ -168,7 +232,11 @@ fn preset_parameter_counts_match_the_spec() {
         ("t5-large", 737_668_096),
         ("t5-v1_1-small", 76_961_152),
     ] {
-        assert_eq!(count(&T5Config::preset(preset).unwrap()), params, "{preset}");
+        assert_eq!(
+            count(&T5Config::preset(preset).unwrap()),
+            params,
+            "{preset}"
+        );
     }
     // And the count formula agrees with the real model on a small shape.
     let config = micro_config(true);
@@ -200,22 +268,38 @@ fn save_load_round_trip_is_bit_identical() {
         let saved = tensors_of(&out.join("model.safetensors"));
         assert_eq!(original, saved, "{fixture}");
         let file = MappedFile::open(&out.join("model.safetensors")).unwrap();
-        assert_eq!(file.metadata().unwrap().get("format").map(String::as_str), Some("pt"));
+        assert_eq!(
+            file.metadata().unwrap().get("format").map(String::as_str),
+            Some("pt")
+        );
         // The config keys HF reads are all there and mean the same.
         let config: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+            serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap())
+                .unwrap();
         let original: serde_json::Value = serde_json::from_str(
             &std::fs::read_to_string(fixture_dir(fixture).join("config.json")).unwrap(),
         )
         .unwrap();
         for key in original.as_object().unwrap().keys() {
-            assert!(config.get(key).is_some(), "{fixture}: config key {key} lost");
+            assert!(
+                config.get(key).is_some(),
+                "{fixture}: config key {key} lost"
+            );
         }
-        for key in ["d_model", "d_kv", "num_heads", "feed_forward_proj", "scale_decoder_outputs"] {
+        for key in [
+            "d_model",
+            "d_kv",
+            "num_heads",
+            "feed_forward_proj",
+            "scale_decoder_outputs",
+        ] {
             assert_eq!(config[key], original[key], "{fixture}: {key}");
         }
         let reloaded = checkpoint::load(&out, &Device::flex()).unwrap();
-        assert_eq!(model.read_params().unwrap(), reloaded.read_params().unwrap());
+        assert_eq!(
+            model.read_params().unwrap(),
+            reloaded.read_params().unwrap()
+        );
         let batch = micro_batch();
         assert_eq!(
             fisherkit_t5::score(&model, &batch).unwrap(),
@@ -248,7 +332,10 @@ fn untied_head_round_trips_and_sharded_bf16_loads() {
     let mut rounded = Vec::new();
     for (i, ((name, values), spec)) in tensors.iter().zip(model.param_specs()).enumerate() {
         let bf: Vec<half::bf16> = values.iter().map(|&v| half::bf16::from_f32(v)).collect();
-        rounded.push((name.clone(), bf.iter().map(|v| v.to_f32()).collect::<Vec<f32>>()));
+        rounded.push((
+            name.clone(),
+            bf.iter().map(|v| v.to_f32()).collect::<Vec<f32>>(),
+        ));
         let tensor = OwnedTensor {
             dtype: safetensors::Dtype::BF16,
             shape: spec.shape.clone(),
@@ -263,7 +350,11 @@ fn untied_head_round_trips_and_sharded_bf16_loads() {
         fisherkit_common::st::write(&path, shard, HashMap::new()).unwrap();
     }
     let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
-    std::fs::write(sharded.join("model.safetensors.index.json"), index.to_string()).unwrap();
+    std::fs::write(
+        sharded.join("model.safetensors.index.json"),
+        index.to_string(),
+    )
+    .unwrap();
     let loaded = checkpoint::load(&sharded, &Device::flex()).unwrap();
     assert_eq!(loaded.read_params().unwrap(), rounded);
 }
@@ -284,9 +375,20 @@ fn bad_checkpoints_are_named_errors() {
 
     let wrong_shape = copy("shape", &original.replace("\"d_ff\": 128", "\"d_ff\": 100"));
     let message = err(&wrong_shape);
-    assert!(message.contains("DenseReluDense.wi.weight") && message.contains("[128, 64]") && message.contains("[100, 64]"), "{message}");
+    assert!(
+        message.contains("DenseReluDense.wi.weight")
+            && message.contains("[128, 64]")
+            && message.contains("[100, 64]"),
+        "{message}"
+    );
 
-    let unknown_act = copy("act", &original.replace("\"feed_forward_proj\": \"relu\"", "\"feed_forward_proj\": \"gated-wobble\""));
+    let unknown_act = copy(
+        "act",
+        &original.replace(
+            "\"feed_forward_proj\": \"relu\"",
+            "\"feed_forward_proj\": \"gated-wobble\"",
+        ),
+    );
     assert!(err(&unknown_act).contains("wobble"));
 
     let malformed = copy("malformed", "{ not json");
@@ -298,9 +400,18 @@ fn bad_checkpoints_are_named_errors() {
     assert!(err(&missing).contains("model.safetensors"));
 
     let model = checkpoint::load(&v10, &Device::flex()).unwrap();
-    let out_of_vocab = vec![Example { input_ids: vec![3, 300], target_ids: vec![1] }];
-    let message = format!("{:#}", fisherkit_t5::score(&model, &out_of_vocab).unwrap_err());
+    let out_of_vocab = vec![Example {
+        input_ids: vec![3, 300],
+        target_ids: vec![1],
+    }];
+    let message = format!(
+        "{:#}",
+        fisherkit_t5::score(&model, &out_of_vocab).unwrap_err()
+    );
     assert!(message.contains("300"), "{message}");
-    let empty = vec![Example { input_ids: vec![], target_ids: vec![1] }];
+    let empty = vec![Example {
+        input_ids: vec![],
+        target_ids: vec![1],
+    }];
     assert!(fisherkit_t5::score(&model, &empty).is_err());
 }
