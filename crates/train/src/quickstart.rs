@@ -10,7 +10,7 @@ use fisherkit_common::atomic::{write_json, StagedDir};
 use fisherkit_common::{ensure, Result};
 use fisherkit_model::burn::tensor::Device;
 use fisherkit_model::Example;
-use fisherkit_t5::{T5Config, T5};
+use fisherkit_t5::T5Config;
 use fisherkit_tasks::{metrics, synthetic, tokenizer};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
