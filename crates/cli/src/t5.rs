@@ -1,31 +1,291 @@
-//! Arguments of the `t5` commands. Placeholder until the capability lands.
+//! `fisherkit init | score | generate | bench t5`: argument parsing and output
+//! formatting over `fisherkit-t5`.
 
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{ensure, Context, Result};
 use clap::Args;
+use fisherkit_common::progress;
+use fisherkit_model::{device_by_name, Example, ParamAccess};
+use fisherkit_t5::checkpoint;
+use fisherkit_t5::{GenerateOptions, LengthPenalty, T5Config, TextTokenizer, T5};
+use serde_json::json;
 
 #[derive(Args, Debug)]
-pub struct InitArgs {}
+pub struct InitArgs {
+    /// Architecture preset: tiny, t5-small, t5-base, t5-large, t5-v1_1-small, t5-v1_1-base,
+    /// flan-t5-small, ... (see README).
+    #[arg(long)]
+    preset: String,
+    /// Vocabulary size (default: the tokenizer's size when --tokenizer is given, else the
+    /// preset's).
+    #[arg(long)]
+    vocab_size: Option<usize>,
+    /// tokenizer.json to copy into the model directory.
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// Seed of the random initialisation.
+    #[arg(long)]
+    seed: u64,
+    /// Output model directory (Hugging Face layout).
+    #[arg(long)]
+    out: PathBuf,
+    /// Replace an existing output directory.
+    #[arg(long)]
+    force: bool,
+}
 
-pub fn init(_: InitArgs) -> anyhow::Result<()> {
-    anyhow::bail!("not available yet")
+pub fn init(args: InitArgs) -> Result<()> {
+    let mut config = T5Config::preset(&args.preset)?;
+    if let Some(path) = &args.tokenizer {
+        let tokenizer = TextTokenizer::load(path, config.eos_token_id)?;
+        let size = tokenizer.vocab_size();
+        config.vocab_size = args.vocab_size.unwrap_or(size);
+        ensure!(
+            size <= config.vocab_size,
+            "{}: the tokenizer has {size} tokens but --vocab-size is {}",
+            path.display(),
+            config.vocab_size
+        );
+    } else if let Some(size) = args.vocab_size {
+        config.vocab_size = size;
+    }
+    let untied = !config.tie_word_embeddings;
+    let model = checkpoint::init(&config, untied, args.seed, &device_by_name("cpu")?)?;
+    let dir = checkpoint::save(&model, &args.out, args.tokenizer.as_deref(), args.force)?;
+    eprintln!(
+        "initialised {} ({} parameters) in {}",
+        args.preset,
+        model.num_params(),
+        dir.display()
+    );
+    Ok(())
+}
+
+/// Options every command that reads a model shares.
+#[derive(Args, Debug)]
+struct ModelArgs {
+    /// Model directory (config.json, model.safetensors or sharded index, tokenizer.json).
+    #[arg(long)]
+    model: PathBuf,
+    /// Compute device: cpu, or cuda / wgpu in builds with those features.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Examples per forward pass.
+    #[arg(long, default_value_t = 16)]
+    batch_size: usize,
+}
+
+impl ModelArgs {
+    fn load(&self) -> Result<(T5, Option<TextTokenizer>)> {
+        ensure!(self.batch_size >= 1, "--batch-size must be at least 1");
+        let model = checkpoint::load(&self.model, &device_by_name(&self.device)?)?;
+        let tokenizer = TextTokenizer::from_dir(&self.model, model.config().eos_token_id)?;
+        Ok((model, tokenizer))
+    }
 }
 
 #[derive(Args, Debug)]
-pub struct ScoreArgs {}
+pub struct ScoreArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// JSONL: {"input": "...", "target": "..."} or {"input_ids": [...], "target_ids": [...]}.
+    #[arg(long)]
+    data: PathBuf,
+}
 
-pub fn score(_: ScoreArgs) -> anyhow::Result<()> {
-    anyhow::bail!("not available yet")
+/// Run `work` over `examples` in batches with a progress bar, printing one JSON line per
+/// example in input order.
+fn for_batches(
+    examples: &[Example],
+    batch_size: usize,
+    unit: &str,
+    mut work: impl FnMut(&[Example]) -> Result<Vec<serde_json::Value>>,
+) -> Result<()> {
+    let bar = progress::bar(examples.len() as u64, unit);
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    for batch in examples.chunks(batch_size) {
+        for line in work(batch)? {
+            writeln!(out, "{line}")?;
+        }
+        out.flush()?;
+        bar.inc(batch.len() as u64);
+    }
+    bar.finish_and_clear();
+    Ok(())
+}
+
+pub fn score(args: ScoreArgs) -> Result<()> {
+    let (model, tokenizer) = args.model.load()?;
+    let examples = fisherkit_t5::data::read_examples(
+        &args.data,
+        tokenizer.as_ref(),
+        model.config().vocab_size,
+        true,
+    )?;
+    for_batches(&examples, args.model.batch_size, "examples", |batch| {
+        let scores = fisherkit_t5::score(&model, batch)?;
+        Ok(scores
+            .into_iter()
+            .map(|token_logprobs| {
+                let sum: f64 = token_logprobs.iter().map(|&v| v as f64).sum();
+                json!({"target_logprob_sum": sum, "token_logprobs": token_logprobs})
+            })
+            .collect())
+    })
 }
 
 #[derive(Args, Debug)]
-pub struct GenerateArgs {}
+pub struct GenerateArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// JSONL with "input" (text) or "input_ids" per line.
+    #[arg(long, conflicts_with = "text", required_unless_present = "text")]
+    data: Option<PathBuf>,
+    /// One input text (needs the model's tokenizer.json).
+    #[arg(long)]
+    text: Option<String>,
+    /// Beam width; 1 is greedy.
+    #[arg(long, default_value_t = 1)]
+    num_beams: usize,
+    /// HF length penalty A: hypotheses compared by score / length^A (0: raw sum).
+    #[arg(long, default_value_t = 1.0)]
+    length_penalty: f64,
+    /// Use the T5 paper's GNMT penalty score / ((5+len)/6)^alpha with this alpha instead
+    /// (the paper used 0.6).
+    #[arg(long)]
+    gnmt_alpha: Option<f64>,
+    #[arg(long, default_value_t = 64)]
+    max_new_tokens: usize,
+}
 
-pub fn generate(_: GenerateArgs) -> anyhow::Result<()> {
-    anyhow::bail!("not available yet")
+pub fn generate(args: GenerateArgs) -> Result<()> {
+    let (model, tokenizer) = args.model.load()?;
+    let config = model.config();
+    let examples = match (&args.data, &args.text) {
+        (Some(path), _) => {
+            fisherkit_t5::data::read_examples(path, tokenizer.as_ref(), config.vocab_size, false)?
+        }
+        (None, Some(text)) => {
+            ensure!(!text.trim().is_empty(), "--text is empty");
+            let tokenizer = tokenizer.as_ref().with_context(|| {
+                format!(
+                    "--text needs a tokenizer, but {} has no tokenizer.json",
+                    args.model.model.display()
+                )
+            })?;
+            vec![Example {
+                input_ids: tokenizer.encode(text)?,
+                target_ids: Vec::new(),
+            }]
+        }
+        (None, None) => unreachable!("clap requires --data or --text"),
+    };
+    let options = GenerateOptions {
+        num_beams: args.num_beams,
+        length_penalty: match args.gnmt_alpha {
+            Some(alpha) => LengthPenalty::Gnmt(alpha),
+            None => LengthPenalty::Power(args.length_penalty),
+        },
+        max_new_tokens: args.max_new_tokens,
+        min_new_tokens: 0,
+    };
+    for_batches(&examples, args.model.batch_size, "inputs", |batch| {
+        let inputs: Vec<Vec<u32>> = batch.iter().map(|e| e.input_ids.clone()).collect();
+        fisherkit_t5::generate(&model, &inputs, &options)?
+            .into_iter()
+            .map(|ids| match &tokenizer {
+                Some(tokenizer) => Ok(json!({"ids": ids, "text": tokenizer.decode(&ids)?})),
+                None => Ok(json!({ "ids": ids })),
+            })
+            .collect()
+    })
 }
 
 #[derive(Args, Debug)]
-pub struct BenchArgs {}
+pub struct BenchArgs {
+    /// Architecture preset to time (random weights).
+    #[arg(long, default_value = "t5-small")]
+    preset: String,
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    #[arg(long, default_value_t = 128)]
+    input_len: usize,
+    #[arg(long, default_value_t = 32)]
+    new_tokens: usize,
+    /// Timed repetitions (the best is reported) after one warm-up.
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+    /// Write the numbers as JSON here too.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
 
-pub fn bench(_: BenchArgs) -> anyhow::Result<()> {
-    anyhow::bail!("not available yet")
+/// Best wall time of `repeats` runs of `f` after one warm-up.
+fn best_time(repeats: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    f()?;
+    let mut best = f64::INFINITY;
+    for _ in 0..repeats.max(1) {
+        let start = Instant::now();
+        f()?;
+        best = best.min(start.elapsed().as_secs_f64());
+    }
+    Ok(best)
+}
+
+pub fn bench(args: BenchArgs) -> Result<()> {
+    let config = T5Config::preset(&args.preset)?;
+    let model = checkpoint::init(
+        &config,
+        !config.tie_word_embeddings,
+        0,
+        &device_by_name("cpu")?,
+    )?;
+    let inputs: Vec<Vec<u32>> = (0..args.batch)
+        .map(|b| {
+            (0..args.input_len)
+                .map(|t| 3 + ((b * 7919 + t * 104_729) % (config.vocab_size - 3)) as u32)
+                .collect()
+        })
+        .collect();
+    let batch: Vec<Example> = inputs
+        .iter()
+        .map(|input| Example {
+            input_ids: input.clone(),
+            target_ids: input[..args.new_tokens].to_vec(),
+        })
+        .collect();
+    let forward_s = best_time(args.repeats, || {
+        fisherkit_t5::score(&model, &batch).map(|_| ())
+    })?;
+    let options = GenerateOptions {
+        num_beams: 1,
+        length_penalty: LengthPenalty::Power(1.0),
+        max_new_tokens: args.new_tokens,
+        min_new_tokens: args.new_tokens,
+    };
+    let generate_s = best_time(args.repeats, || {
+        fisherkit_t5::generate(&model, &inputs, &options).map(|_| ())
+    })?;
+    let forward_tokens = args.batch * (args.input_len + args.new_tokens);
+    let report = json!({
+        "preset": args.preset,
+        "params": model.num_params(),
+        "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "batch": args.batch,
+        "input_len": args.input_len,
+        "new_tokens": args.new_tokens,
+        "forward_s": forward_s,
+        "forward_tokens_per_s": forward_tokens as f64 / forward_s,
+        "generate_s": generate_s,
+        "generate_tokens_per_s": (args.batch * args.new_tokens) as f64 / generate_s,
+    });
+    println!("{report}");
+    if let Some(path) = &args.json {
+        fisherkit_common::atomic::write_json(Path::new(path), &report)?;
+    }
+    Ok(())
 }
