@@ -357,13 +357,12 @@ pub fn train(
     let mut resumed_from = None;
     if run.resume {
         if let Some(ckpt) = latest_checkpoint(out)? {
-            let saved: TrainConfig = serde_json::from_str(
-                &std::fs::read_to_string(&config_path)
-                    .with_context(|| format!("reading {}", config_path.display()))?,
-            )
-            .with_context(|| format!("parsing {}", config_path.display()))?;
+            // Compared as text: both sides come from the same serializer, and parsing
+            // floats back (e.g. Adafactor's eps1 = 1e-30) need not round-trip exactly.
+            let saved = std::fs::read_to_string(&config_path)
+                .with_context(|| format!("reading {}", config_path.display()))?;
             ensure!(
-                &saved == config,
+                saved.trim_end() == serde_json::to_string_pretty(config)?,
                 "--resume with different settings than the run in {} (see {}); use the same flags or a new --out",
                 out.display(),
                 config_path.display()

@@ -8,6 +8,17 @@ use fisherkit_train::optim::{AdafactorConfig, AdamWConfig, OptimizerConfig};
 use fisherkit_train::schedule::{Schedule, ScheduleKind};
 use fisherkit_train::trainer::{self, RunOptions, TrainConfig, TrainData};
 
+/// burn's flex backend keeps one process-wide RNG that `train` reseeds before every
+/// micro-batch (dropout masks), so trainings in parallel test threads would draw from
+/// each other's streams. Each test holds this lock while it trains.
+static BACKEND_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    BACKEND_RNG
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn tiny_config(dropout: f64) -> T5Config {
     T5Config {
         vocab_size: 24,
@@ -94,6 +105,7 @@ fn run_opts(out: &std::path::Path) -> RunOptions<'_> {
 #[test]
 fn overfits_a_handful_of_examples_and_saved_model_scores_the_same() {
     std::env::set_var("FISHERKIT_NO_PROGRESS", "1");
+    let _serial = serial();
     let data = examples(4);
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(
@@ -176,6 +188,7 @@ fn overfits_a_handful_of_examples_and_saved_model_scores_the_same() {
 #[test]
 fn resume_continues_exactly() {
     std::env::set_var("FISHERKIT_NO_PROGRESS", "1");
+    let _serial = serial();
     let data = examples(10);
     // Dropout, z-loss, Adafactor with a first moment, token batching and accumulation:
     // every piece of state that resume must restore.
@@ -253,6 +266,7 @@ fn resume_continues_exactly() {
 #[test]
 fn divergence_stops_and_keeps_the_last_good_checkpoint() {
     std::env::set_var("FISHERKIT_NO_PROGRESS", "1");
+    let _serial = serial();
     let data = examples(4);
     let mut cfg = config(
         OptimizerConfig::Adamw(AdamWConfig::default()),
