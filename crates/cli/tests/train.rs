@@ -167,6 +167,8 @@ fn tokenizer_then_train_then_eval() {
         "init",
         "--preset",
         "tiny",
+        "--seed",
+        "0",
         "--tokenizer",
         p(&tok),
         "--out",
