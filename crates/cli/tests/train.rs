@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-fn fisherkit(args: &[&str]) -> Output {
+fn fisherkit<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_fisherkit"))
         .args(args)
         .env("FISHERKIT_NO_PROGRESS", "1")
@@ -11,7 +11,7 @@ fn fisherkit(args: &[&str]) -> Output {
         .expect("run fisherkit")
 }
 
-fn ok(args: &[&str]) -> String {
+fn ok<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(args: &[S]) -> String {
     let out = fisherkit(args);
     assert!(
         out.status.success(),
@@ -215,6 +215,58 @@ fn tokenizer_then_train_then_eval() {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["examples"], 8);
     assert!(v["metrics"]["exact-match"].as_f64().is_some());
+
+    // --stop-after then --resume ends with the same weights as one uninterrupted run
+    // (dropout 0.1, token batching, Adafactor with a first moment: all state restored).
+    let run_args = |out: &Path, extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = [
+            "train",
+            "--model",
+            p(&model),
+            "--train",
+            p(&train),
+            "--out",
+            p(out),
+            "--steps",
+            "4",
+            "--max-tokens",
+            "200",
+            "--beta1",
+            "0.9",
+            "--dropout",
+            "0.1",
+            "--checkpoint-every",
+            "0",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let whole = dir.path().join("whole");
+    ok(&run_args(&whole, &[]));
+    let halves = dir.path().join("halves");
+    ok(&run_args(&halves, &["--stop-after", "2"]));
+    assert!(
+        !halves.join("model").exists(),
+        "no final model after --stop-after"
+    );
+    // Without --resume an existing run is not overwritten.
+    let refused = fisherkit(&run_args(&halves, &[]));
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--resume"));
+    // Different settings are refused on resume.
+    let refused = fisherkit(&run_args(&halves, &["--resume", "--seed", "5"]));
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("different settings"));
+    ok(&run_args(&halves, &["--resume"]));
+    let weights = |d: &Path| std::fs::read(d.join("model/model.safetensors")).unwrap();
+    assert!(
+        weights(&whole) == weights(&halves),
+        "resumed weights differ"
+    );
+    assert!(weights(&whole) != std::fs::read(model.join("model.safetensors")).unwrap());
 
     // Malformed training data: the error names file and line.
     let bad = dir.path().join("bad.jsonl");
