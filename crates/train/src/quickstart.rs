@@ -206,15 +206,22 @@ pub fn run(
     )?;
 
     let eval_model = fisherkit_model::burn::module::Module::valid(&model);
-    let decode = DecodeOptions {
-        max_new_tokens: 12,
-        num_beams: 1,
-        batch_size: 100,
-    };
     let mut results = Vec::new();
     for (t, test) in manifest.tasks.iter().zip(&test_sets) {
         let inputs: Vec<String> = test.iter().map(|e| e.input.clone()).collect();
         let refs: Vec<String> = test.iter().map(|e| e.target.clone()).collect();
+        // Room for the longest reference (EOS included) and a few tokens more, so a
+        // prediction that runs on is seen as wrong rather than cut to a right answer.
+        let longest = encode(&tk, test)?
+            .iter()
+            .map(|e| e.target_ids.len())
+            .max()
+            .unwrap_or(1);
+        let decode = DecodeOptions {
+            max_new_tokens: longest + 4,
+            num_beams: 1,
+            batch_size: 100,
+        };
         let preds = predict(&eval_model, &tk, &inputs, &decode)?;
         let scores = metrics::evaluate(
             &preds,
