@@ -303,3 +303,44 @@ fn divergence_stops_and_keeps_the_last_good_checkpoint() {
         "no final model after divergence"
     );
 }
+
+#[test]
+fn quickstart_runs_end_to_end_on_a_small_budget() {
+    std::env::set_var("FISHERKIT_NO_PROGRESS", "1");
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("qs");
+    let opts = fisherkit_train::quickstart::QuickstartOptions {
+        out: out.clone(),
+        train_per_task: 40,
+        test_per_task: 10,
+        steps: 4,
+        batch_size: 8,
+        d_model: 32,
+        layers: 1,
+        ..Default::default()
+    };
+    let mut lines = Vec::new();
+    let report = fisherkit_train::quickstart::run(&opts, &Device::flex(), &mut |l| {
+        lines.push(l.to_string())
+    })
+    .unwrap();
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    // One row per suite task, with the suite's metric and chance level.
+    let suite = fisherkit_tasks::synthetic::Manifest::load(&out.join("data")).unwrap();
+    assert_eq!(report.tasks.len(), suite.tasks.len());
+    for (row, task) in report.tasks.iter().zip(&suite.tasks) {
+        assert_eq!(
+            (&row.task, &row.metric, row.chance),
+            (&task.name, &task.metric, task.chance)
+        );
+        assert!((0.0..=100.0).contains(&row.score));
+    }
+    assert_eq!(report.train_steps, 4);
+    assert!(out.join("train/model/model.safetensors").exists());
+    assert!(out.join("results.json").exists());
+    let table = fisherkit_train::quickstart::table(&report, &out);
+    assert_eq!(table.lines().count(), suite.tasks.len() + 2);
+    // An existing output directory is kept unless forced.
+    assert!(fisherkit_train::quickstart::run(&opts, &Device::flex(), &mut |_| {}).is_err());
+}
