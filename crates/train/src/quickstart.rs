@@ -37,7 +37,7 @@ impl Default for QuickstartOptions {
             seed: 0,
             train_per_task: 4000,
             test_per_task: 200,
-            steps: 1500,
+            steps: 2500,
             batch_size: 64,
             lr: 2e-3,
             d_model: 128,
