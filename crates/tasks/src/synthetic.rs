@@ -109,7 +109,7 @@ pub const TASKS: &[TaskSpec] = &[
 ];
 
 fn parity_answer(k: usize) -> String {
-    format!("{k} {}", if k % 2 == 0 { "even" } else { "odd" })
+    format!("{k} {}", if k.is_multiple_of(2) { "even" } else { "odd" })
 }
 
 fn letter_index(c: char) -> usize {

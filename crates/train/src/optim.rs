@@ -70,6 +70,9 @@ pub enum OptimizerConfig {
     Adamw(AdamWConfig),
 }
 
+/// One saved state tensor: `{param}/{slot}` name, shape, row-major values.
+pub type StateTensor = (String, Vec<usize>, Vec<f32>);
+
 /// An optimiser with its per-parameter state. Call [`begin_step`](Self::begin_step)
 /// once per update, then [`update`](Self::update) for every parameter.
 pub struct Optimizer {
@@ -225,7 +228,7 @@ impl Optimizer {
     }
 
     /// The state as host tensors named `{param}/{slot}`, for checkpoints.
-    pub fn state_tensors(&self) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+    pub fn state_tensors(&self) -> Result<Vec<StateTensor>> {
         let mut out = Vec::new();
         for (param, slots) in &self.state {
             for (slot, t) in slots {
@@ -243,7 +246,7 @@ impl Optimizer {
     pub fn load_state(
         &mut self,
         step: u64,
-        tensors: Vec<(String, Vec<usize>, Vec<f32>)>,
+        tensors: Vec<StateTensor>,
         device: &Device,
     ) -> Result<()> {
         self.step = step;

@@ -443,7 +443,7 @@ pub fn train(
         let tps = tokens_this_run as f64 / elapsed.max(1e-9);
         bar.set_position(step);
         bar.set_message(format!("loss {loss:.4} · {tps:.0} tok/s"));
-        if step % config.log_every.max(1) == 0 || step == config.total_steps {
+        if step.is_multiple_of(config.log_every.max(1)) || step == config.total_steps {
             log.write(serde_json::json!({
                 "step": step, "epoch": state.data_position.epoch, "loss": loss,
                 "z_loss": z_mean,
@@ -452,7 +452,7 @@ pub fn train(
             }))?;
         }
         let eval_now =
-            config.eval_every.is_some_and(|n| step % n == 0) || step == config.total_steps;
+            config.eval_every.is_some_and(|n| step.is_multiple_of(n)) || step == config.total_steps;
         if eval_now && (data.valid.is_some() || run.validator.is_some()) {
             model.set_training(false);
             let mut row = serde_json::json!({"step": step});
@@ -474,7 +474,11 @@ pub fn train(
         }
         let stopping =
             run.stop_after.is_some_and(|n| steps_this_run >= n) && step < config.total_steps;
-        if config.checkpoint_every.is_some_and(|n| step % n == 0) || stopping {
+        if config
+            .checkpoint_every
+            .is_some_and(|n| step.is_multiple_of(n))
+            || stopping
+        {
             last_good = Some(write_checkpoint(
                 out,
                 &model,
