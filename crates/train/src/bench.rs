@@ -1,0 +1,121 @@
+//! `fisherkit bench train`: tokens per second of one full training step
+//! (forward, backward, optimiser update) on random tokens, as the peer script measures.
+
+use crate::data::BatchBy;
+use crate::optim::{AdafactorConfig, AdamWConfig, Optimizer, OptimizerConfig};
+use crate::schedule::{Schedule, ScheduleKind};
+use crate::trainer::{train_step, TrainConfig};
+use fisherkit_common::Result;
+use fisherkit_model::burn::tensor::Device;
+use fisherkit_model::Example;
+use fisherkit_t5::T5Config;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use std::time::Instant;
+
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub preset: String,
+    pub batch: usize,
+    pub input_len: usize,
+    pub target_len: usize,
+    pub warmup: usize,
+    pub steps: usize,
+    pub adafactor: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub preset: String,
+    pub optimizer: String,
+    pub parameters: usize,
+    pub batch: usize,
+    pub input_len: usize,
+    pub target_len: usize,
+    pub step_seconds: f64,
+    pub tokens_per_s: f64,
+    pub threads: usize,
+}
+
+pub fn run(opts: &BenchOptions, device: &Device) -> Result<BenchReport> {
+    let mut config = T5Config::preset(&opts.preset)?;
+    config.dropout_rate = 0.0;
+    let untied = !config.tie_word_embeddings;
+    let mut model = fisherkit_t5::checkpoint::init(&config, untied, 0, &device.clone().autodiff())?;
+    fisherkit_model::LogProbModel::set_training(&mut model, true);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    let vocab = config.vocab_size as u32;
+    let batch: Vec<Example> = (0..opts.batch)
+        .map(|_| Example {
+            input_ids: (0..opts.input_len)
+                .map(|_| rng.random_range(3..vocab))
+                .collect(),
+            target_ids: (0..opts.target_len)
+                .map(|_| rng.random_range(3..vocab))
+                .collect(),
+        })
+        .collect();
+    let optimizer_config = if opts.adafactor {
+        OptimizerConfig::Adafactor(AdafactorConfig::default())
+    } else {
+        OptimizerConfig::Adamw(AdamWConfig::default())
+    };
+    let train_config = TrainConfig {
+        optimizer: optimizer_config,
+        schedule: Schedule::new(ScheduleKind::Constant, 1e-4, 0, 0)?,
+        batch: BatchBy::Examples(opts.batch),
+        grad_accum: 1,
+        max_grad_norm: None,
+        z_loss: 0.0,
+        seed: 0,
+        total_steps: (opts.warmup + opts.steps) as u64,
+        log_every: 1,
+        eval_every: None,
+        checkpoint_every: None,
+        keep_checkpoints: 1,
+    };
+    let mut optimizer = Optimizer::new(optimizer_config);
+    let batches = vec![batch];
+    let bar = fisherkit_common::progress::bar((opts.warmup + opts.steps) as u64, "steps");
+    let mut step = 0u64;
+    for _ in 0..opts.warmup {
+        step += 1;
+        train_step(
+            &mut model,
+            &mut optimizer,
+            &batches,
+            &train_config,
+            1e-4,
+            step,
+        )?;
+        bar.inc(1);
+    }
+    let t = Instant::now();
+    for _ in 0..opts.steps {
+        step += 1;
+        train_step(
+            &mut model,
+            &mut optimizer,
+            &batches,
+            &train_config,
+            1e-4,
+            step,
+        )?;
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let step_seconds = t.elapsed().as_secs_f64() / opts.steps.max(1) as f64;
+    Ok(BenchReport {
+        preset: opts.preset.clone(),
+        optimizer: if opts.adafactor { "adafactor" } else { "adamw" }.into(),
+        parameters: fisherkit_model::ParamAccess::num_params(&model),
+        batch: opts.batch,
+        input_len: opts.input_len,
+        target_len: opts.target_len,
+        step_seconds,
+        tokens_per_s: (opts.batch * (opts.input_len + opts.target_len)) as f64 / step_seconds,
+        threads: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+    })
+}
