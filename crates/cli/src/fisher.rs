@@ -6,7 +6,8 @@ use anyhow::{bail, Context};
 use clap::{Args, Subcommand, ValueEnum};
 use fisherkit_fisher::job::{self, FisherJob, ModelSource, OutputsSpec, PefJob};
 use fisherkit_fisher::{ClassSelection, Mode};
-use std::path::PathBuf;
+use fisherkit_t5::T5;
+use std::path::{Path, PathBuf};
 
 #[derive(Args, Debug)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -151,30 +152,21 @@ fn compute_fisher(args: ComputeArgs) -> anyhow::Result<()> {
         ModeArg::Empirical => Mode::Empirical,
     };
     job::check_mode(mode, &outputs, args.source.top_k_classes)?;
-    let (model, tokenizer) = job::load_t5(&model_dir, true)?;
-    let encode = tokenizer
-        .as_ref()
-        .map(|tk| move |text: &str| tk.encode(text));
-    let source = ModelSource {
-        model: &model,
-        encoder: encode
-            .as_ref()
-            .map(|f| f as fisherkit_fisher::data::Encoder<'_>),
-        dir: &model_dir,
-    };
-    let summary = job::run_fisher(
-        &source,
-        &FisherJob {
-            data,
-            out: out.clone(),
-            outputs,
-            top_k_classes: args.source.top_k_classes,
-            mode,
-            examples: args.source.examples,
-            batch_size: args.source.batch_size,
-            seed: args.seed,
-        },
-    )?;
+    let summary = with_model_source(&model_dir, |source| {
+        job::run_fisher(
+            source,
+            &FisherJob {
+                data,
+                out: out.clone(),
+                outputs,
+                top_k_classes: args.source.top_k_classes,
+                mode,
+                examples: args.source.examples,
+                batch_size: args.source.batch_size,
+                seed: args.seed,
+            },
+        )
+    })?;
     eprintln!(
         "wrote {} ({} Fisher over {} examples, {:.2} examples/s{})",
         out.display(),
@@ -191,6 +183,25 @@ fn compute_fisher(args: ComputeArgs) -> anyhow::Result<()> {
         }
     );
     Ok(())
+}
+
+/// Load the T5 in `model_dir` (with autodiff) and its tokenizer, and run `work` on them.
+fn with_model_source<R>(
+    model_dir: &Path,
+    work: impl FnOnce(&ModelSource<'_, T5>) -> anyhow::Result<R>,
+) -> anyhow::Result<R> {
+    let (model, tokenizer) = job::load_t5(model_dir, true)?;
+    let encode = tokenizer
+        .as_ref()
+        .map(|tk| move |text: &str| tk.encode(text));
+    let source = ModelSource {
+        model: &model,
+        encoder: encode
+            .as_ref()
+            .map(|f| f as fisherkit_fisher::data::Encoder<'_>),
+        dir: model_dir,
+    };
+    work(&source)
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -241,36 +252,27 @@ pub fn pefs(args: PefsArgs) -> anyhow::Result<()> {
     {
         bail!("--outputs tokens needs --top-k-classes K and/or --max-classes C (one backward pass per kept class)");
     }
-    let (model, tokenizer) = job::load_t5(&model_dir, true)?;
-    let encode = tokenizer
-        .as_ref()
-        .map(|tk| move |text: &str| tk.encode(text));
-    let source = ModelSource {
-        model: &model,
-        encoder: encode
-            .as_ref()
-            .map(|f| f as fisherkit_fisher::data::Encoder<'_>),
-        dir: &model_dir,
-    };
-    let summary = job::run_pefs(
-        &source,
-        &PefJob {
-            data,
-            out: args.out.clone(),
-            outputs,
-            kind,
-            top_k: args.top_k,
-            selection: ClassSelection {
-                top_k_per_position: args.source.top_k_classes,
-                min_prob: args.min_prob,
-                max_classes: args.max_classes,
+    let summary = with_model_source(&model_dir, |source| {
+        job::run_pefs(
+            source,
+            &PefJob {
+                data,
+                out: args.out.clone(),
+                outputs,
+                kind,
+                top_k: args.top_k,
+                selection: ClassSelection {
+                    top_k_per_position: args.source.top_k_classes,
+                    min_prob: args.min_prob,
+                    max_classes: args.max_classes,
+                },
+                examples: args.source.examples,
+                batch_size: args.source.batch_size,
+                examples_per_shard: args.examples_per_shard,
+                overwrite: args.force,
             },
-            examples: args.source.examples,
-            batch_size: args.source.batch_size,
-            examples_per_shard: args.examples_per_shard,
-            overwrite: args.force,
-        },
-    )?;
+        )
+    })?;
     eprintln!(
         "wrote {} PEFs to {}{}{}",
         summary.written,

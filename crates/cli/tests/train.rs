@@ -1,29 +1,9 @@
 //! CLI behaviour of `tasks`, `tokenizer`, `eval` and `train`.
 
+mod support;
+
 use std::path::Path;
-use std::process::{Command, Output};
-
-fn fisherkit<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_fisherkit"))
-        .args(args)
-        .env("FISHERKIT_NO_PROGRESS", "1")
-        .output()
-        .expect("run fisherkit")
-}
-
-fn ok<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(args: &[S]) -> String {
-    let out = fisherkit(args);
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
+use support::{ok, run as fisherkit, s as p};
 
 #[test]
 fn synthetic_suite_is_deterministic_and_formats_work() {

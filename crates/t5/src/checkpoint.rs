@@ -85,8 +85,9 @@ impl Weights {
         self.location.contains_key(name)
     }
 
-    /// The tensor stored under the first of `names` that exists, as f32 with its shape.
-    fn read(&self, names: &[String]) -> Result<Option<(String, Vec<usize>, Vec<f32>)>> {
+    /// The tensor stored under the first of `names` that exists: the name it was found
+    /// under, its shape and its values as f32.
+    fn read(&self, names: &[String]) -> Result<Option<NamedTensor>> {
         for name in names {
             if let Some(&file) = self.location.get(name) {
                 let (shape, values) = self.files[file].read_f32(name)?;
@@ -96,6 +97,8 @@ impl Weights {
         Ok(None)
     }
 }
+
+type NamedTensor = (String, Vec<usize>, Vec<f32>);
 
 /// Names under which a parameter may be stored, preferred first.
 fn candidate_names(name: &str) -> Vec<String> {

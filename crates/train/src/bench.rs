@@ -77,22 +77,12 @@ pub fn run(opts: &BenchOptions, device: &Device) -> Result<BenchReport> {
     let mut optimizer = Optimizer::new(optimizer_config);
     let batches = vec![batch];
     let bar = fisherkit_common::progress::bar((opts.warmup + opts.steps) as u64, "steps");
-    let mut step = 0u64;
-    for _ in 0..opts.warmup {
-        step += 1;
-        train_step(
-            &mut model,
-            &mut optimizer,
-            &batches,
-            &train_config,
-            1e-4,
-            step,
-        )?;
-        bar.inc(1);
-    }
-    let t = Instant::now();
-    for _ in 0..opts.steps {
-        step += 1;
+    let mut t = Instant::now();
+    for step in 1..=(opts.warmup + opts.steps) as u64 {
+        // The clock starts once the warm-up steps are done.
+        if step == opts.warmup as u64 + 1 {
+            t = Instant::now();
+        }
         train_step(
             &mut model,
             &mut optimizer,

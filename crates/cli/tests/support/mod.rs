@@ -3,10 +3,12 @@
 // Each test file uses its own subset of these.
 #![allow(dead_code)]
 
+use std::ffi::OsStr;
+use std::fmt::Debug;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-pub fn run(args: &[&str]) -> Output {
+pub fn run<S: AsRef<OsStr>>(args: &[S]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_fisherkit"))
         .args(args)
         .env("FISHERKIT_NO_PROGRESS", "1")
@@ -15,7 +17,7 @@ pub fn run(args: &[&str]) -> Output {
 }
 
 /// Run a command that must succeed; return its stdout.
-pub fn ok(args: &[&str]) -> String {
+pub fn ok<S: AsRef<OsStr> + Debug>(args: &[S]) -> String {
     let out = run(args);
     assert!(
         out.status.success(),
@@ -26,7 +28,7 @@ pub fn ok(args: &[&str]) -> String {
 }
 
 /// Run a command that must fail cleanly (an `error:` line, no panic); return its stderr.
-pub fn fails(args: &[&str]) -> String {
+pub fn fails<S: AsRef<OsStr> + Debug>(args: &[S]) -> String {
     let out = run(args);
     assert!(!out.status.success(), "fisherkit {args:?} should fail");
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
