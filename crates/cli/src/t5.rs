@@ -205,17 +205,25 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
     })
 }
 
+/// The workload the T5 benchmarks time: a preset with random weights, `batch` inputs of
+/// `input_len` tokens, and `target_len` target (teacher forcing) or new (generation) tokens.
+#[derive(Args, Debug)]
+pub struct BenchShape {
+    /// Architecture preset (a `fisherkit init` preset), randomly initialised.
+    #[arg(long, default_value = "t5-small")]
+    pub preset: String,
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 128)]
+    pub input_len: usize,
+    #[arg(long, default_value_t = 32)]
+    pub target_len: usize,
+}
+
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// Architecture preset to time (random weights).
-    #[arg(long, default_value = "t5-small")]
-    preset: String,
-    #[arg(long, default_value_t = 8)]
-    batch: usize,
-    #[arg(long, default_value_t = 128)]
-    input_len: usize,
-    #[arg(long, default_value_t = 32)]
-    new_tokens: usize,
+    #[command(flatten)]
+    shape: BenchShape,
     /// Timed repetitions (the best is reported) after one warm-up.
     #[arg(long, default_value_t = 3)]
     repeats: usize,
@@ -237,16 +245,17 @@ fn best_time(repeats: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
 }
 
 pub fn bench(args: BenchArgs) -> Result<()> {
-    let config = T5Config::preset(&args.preset)?;
+    let shape = &args.shape;
+    let config = T5Config::preset(&shape.preset)?;
     let model = checkpoint::init(
         &config,
         !config.tie_word_embeddings,
         0,
         &device_by_name("cpu")?,
     )?;
-    let inputs: Vec<Vec<u32>> = (0..args.batch)
+    let inputs: Vec<Vec<u32>> = (0..shape.batch)
         .map(|b| {
-            (0..args.input_len)
+            (0..shape.input_len)
                 .map(|t| 3 + ((b * 7919 + t * 104_729) % (config.vocab_size - 3)) as u32)
                 .collect()
         })
@@ -255,7 +264,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         .iter()
         .map(|input| Example {
             input_ids: input.clone(),
-            target_ids: input[..args.new_tokens].to_vec(),
+            target_ids: input[..shape.target_len].to_vec(),
         })
         .collect();
     let forward_s = best_time(args.repeats, || {
@@ -264,24 +273,24 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     let options = GenerateOptions {
         num_beams: 1,
         length_penalty: LengthPenalty::Power(1.0),
-        max_new_tokens: args.new_tokens,
-        min_new_tokens: args.new_tokens,
+        max_new_tokens: shape.target_len,
+        min_new_tokens: shape.target_len,
     };
     let generate_s = best_time(args.repeats, || {
         fisherkit_t5::generate(&model, &inputs, &options).map(|_| ())
     })?;
-    let forward_tokens = args.batch * (args.input_len + args.new_tokens);
+    let forward_tokens = shape.batch * (shape.input_len + shape.target_len);
     let report = json!({
-        "preset": args.preset,
+        "preset": shape.preset,
         "params": model.num_params(),
         "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-        "batch": args.batch,
-        "input_len": args.input_len,
-        "new_tokens": args.new_tokens,
+        "batch": shape.batch,
+        "input_len": shape.input_len,
+        "target_len": shape.target_len,
         "forward_s": forward_s,
         "forward_tokens_per_s": forward_tokens as f64 / forward_s,
         "generate_s": generate_s,
-        "generate_tokens_per_s": (args.batch * args.new_tokens) as f64 / generate_s,
+        "generate_tokens_per_s": (shape.batch * shape.target_len) as f64 / generate_s,
     });
     println!("{report}");
     if let Some(path) = &args.json {

@@ -547,15 +547,8 @@ pub fn quickstart(args: QuickstartArgs) -> anyhow::Result<()> {
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// Model shape (a `fisherkit init` preset).
-    #[arg(long, default_value = "t5-small")]
-    preset: String,
-    #[arg(long, default_value_t = 8)]
-    batch: usize,
-    #[arg(long, default_value_t = 128)]
-    input_len: usize,
-    #[arg(long, default_value_t = 32)]
-    target_len: usize,
+    #[command(flatten)]
+    shape: crate::t5::BenchShape,
     #[arg(long, default_value_t = 2)]
     warmup: usize,
     #[arg(long, default_value_t = 5)]
@@ -567,10 +560,10 @@ pub struct BenchArgs {
 
 pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let opts = train_bench::BenchOptions {
-        preset: args.preset,
-        batch: args.batch,
-        input_len: args.input_len,
-        target_len: args.target_len,
+        preset: args.shape.preset,
+        batch: args.shape.batch,
+        input_len: args.shape.input_len,
+        target_len: args.shape.target_len,
         warmup: args.warmup,
         steps: args.steps,
         adafactor: args.adafactor,
