@@ -225,6 +225,16 @@ struct FisherChunks {
     target: usize,
 }
 
+/// Make `scratch` hold exactly `count` zeroed buffers of `len` values, reusing their
+/// allocations from chunk to chunk.
+fn zeroed_buffers(scratch: &mut Vec<Vec<f32>>, count: usize, len: usize) {
+    scratch.resize(count, Vec::new());
+    for buf in scratch.iter_mut() {
+        buf.clear();
+        buf.resize(len, 0.0);
+    }
+}
+
 impl ChunkMerger for FisherChunks {
     fn merge_chunk(
         &self,
@@ -235,11 +245,7 @@ impl ChunkMerger for FisherChunks {
         out: &mut [f32],
     ) {
         let n = out.len();
-        scratch.resize(2, Vec::new());
-        for buf in scratch.iter_mut() {
-            buf.clear();
-            buf.resize(n, 0.0);
-        }
+        zeroed_buffers(scratch, 2, n);
         let [num, den] = &mut scratch[..] else {
             unreachable!("two buffers")
         };
@@ -454,11 +460,7 @@ impl ChunkMerger for TaskVectorChunks {
         let n = out.len();
         let base = &inputs[self.base];
         let others: Vec<usize> = (0..inputs.len()).filter(|&i| i != self.base).collect();
-        scratch.resize(others.len() + 3, Vec::new());
-        for buf in scratch.iter_mut() {
-            buf.clear();
-            buf.resize(n, 0.0);
-        }
+        zeroed_buffers(scratch, others.len() + 3, n);
         let (delta_bufs, sums) = scratch.split_at_mut(others.len());
         let [mixed, agreed, divisor] = sums else {
             unreachable!("three sum buffers")
