@@ -464,10 +464,12 @@ impl Plan {
 
     /// Run the merge, handing each finished tensor (in output dtype) to `sink`.
     /// `weights` overrides every merged tensor's per-input weights (coefficient search).
+    /// `sink` runs on its own thread, one tensor behind the merge, so writing a tensor
+    /// overlaps merging the next one.
     pub fn execute(
         &self,
         weights: Option<&[f64]>,
-        sink: &mut dyn FnMut(&TensorSpec, &[u8]) -> Result<()>,
+        sink: &mut (dyn FnMut(&TensorSpec, &[u8]) -> Result<()> + Send),
         progress: &indicatif::ProgressBar,
     ) -> Result<MergeReport> {
         let start = Instant::now();
@@ -480,8 +482,6 @@ impl Plan {
             );
             self.method.check_weights(w, self.target)?;
         }
-        let names: Vec<String> = self.inputs[self.target].names().to_vec();
-        let resolver = Resolver::new(&self.recipe, &names);
         let mut report = MergeReport {
             method: self.method.name().into(),
             models: self.input_names.clone(),
@@ -495,13 +495,55 @@ impl Plan {
             seconds: 0.0,
             weights: weights.map(<[f64]>::to_vec),
         };
-        let mut out = Vec::new();
+        std::thread::scope(|scope| -> Result<()> {
+            // Two buffers circulate: one being merged into, one being written.
+            let (to_sink, finished) = std::sync::mpsc::sync_channel::<(usize, Vec<u8>)>(1);
+            let (give_back, free) = std::sync::mpsc::channel::<Vec<u8>>();
+            for _ in 0..2 {
+                give_back.send(Vec::new()).expect("receiver alive");
+            }
+            let sink_thread = scope.spawn(move || -> Result<()> {
+                for (k, bytes) in finished {
+                    sink(&self.tensors[k].spec, &bytes)?;
+                    // The merge loop may have stopped already; the buffer is then dropped.
+                    let _ = give_back.send(bytes);
+                }
+                Ok(())
+            });
+            let merged = self.merge_all(weights, &mut report, free, &to_sink, progress);
+            drop(to_sink);
+            let written = sink_thread
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            // A write error stops the merge loop too; report it rather than the
+            // closed channel the loop saw.
+            written.and(merged)
+        })?;
+        report.seconds = start.elapsed().as_secs_f64();
+        Ok(report)
+    }
+
+    /// The merge loop of [`Plan::execute`]: merge or copy each tensor into a free buffer
+    /// and send it to the sink thread.
+    fn merge_all(
+        &self,
+        weights: Option<&[f64]>,
+        report: &mut MergeReport,
+        free: std::sync::mpsc::Receiver<Vec<u8>>,
+        to_sink: &std::sync::mpsc::SyncSender<(usize, Vec<u8>)>,
+        progress: &indicatif::ProgressBar,
+    ) -> Result<()> {
+        let names: Vec<String> = self.inputs[self.target].names().to_vec();
+        let resolver = Resolver::new(&self.recipe, &names);
         for (k, t) in self.tensors.iter().enumerate() {
             if let Some(next) = self.tensors.get(k + 1) {
                 self.prefetch(next);
             }
             let spec = &t.spec;
-            out.clear();
+            let mut out = free
+                .recv()
+                .map_err(|_| anyhow!("the output writer stopped"))?;
+            // Every byte is overwritten below, so a reused buffer is not cleared first.
             out.resize(spec.byte_len(), 0u8);
             match &t.action {
                 Action::Copy { reason } => {
@@ -533,13 +575,14 @@ impl Plan {
                     }
                 }
             }
-            sink(spec, &out)?;
             self.release(&t.name);
             report.output_bytes += out.len() as u64;
             progress.inc(out.len() as u64);
+            to_sink
+                .send((k, out))
+                .map_err(|_| anyhow!("the output writer stopped"))?;
         }
-        report.seconds = start.elapsed().as_secs_f64();
-        Ok(report)
+        Ok(())
     }
 
     fn job_inputs(&self, name: &str) -> Vec<Input<'_>> {

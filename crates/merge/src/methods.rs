@@ -458,55 +458,44 @@ impl ChunkMerger for TaskVectorChunks {
         out: &mut [f32],
     ) {
         let n = out.len();
-        let base = &inputs[self.base];
+        let base = &inputs[self.base][..n];
         let others: Vec<usize> = (0..inputs.len()).filter(|&i| i != self.base).collect();
         zeroed_buffers(scratch, others.len() + 3, n);
         let (delta_bufs, sums) = scratch.split_at_mut(others.len());
         let [mixed, agreed, divisor] = sums else {
             unreachable!("three sum buffers")
         };
-        // Weighted, sparsified task vectors, with the divisor weight of each.
+        let (mixed, agreed, divisor) = (&mut mixed[..n], &mut agreed[..n], &mut divisor[..n]);
+        // Weighted, sparsified task vectors, with the divisor weight of each. The loops
+        // index slices of one known length and select instead of branching, so they
+        // vectorise.
         let mut deltas: Vec<(&[f32], f32)> = Vec::with_capacity(others.len());
         for (&i, d) in others.iter().zip(delta_bufs.iter_mut()) {
             self.delta(i, chunk, inputs, d);
             let w = self.weights[i];
-            d.iter_mut().for_each(|v| *v *= w);
-            deltas.push((d, self.divisor_weights[i]));
-        }
-        for (d, _) in &deltas {
-            for (m, v) in mixed.iter_mut().zip(*d) {
-                *m += v;
+            let d = &mut d[..n];
+            for j in 0..n {
+                d[j] *= w;
+                mixed[j] += d[j];
             }
+            deltas.push((d, self.divisor_weights[i]));
         }
         if self.consensus {
             // mixed holds Σ wδ: its sign (≥ 0 → +) is the elected sign; sign 0 never agrees.
-            for (d, dw) in &deltas {
-                for (((a, div), v), m) in agreed
-                    .iter_mut()
-                    .zip(divisor.iter_mut())
-                    .zip(*d)
-                    .zip(mixed.iter())
-                {
-                    // v·sign > 0 ⇔ v ≠ 0 with the elected sign; written as selects so the
-                    // loop has no branches and vectorises.
-                    let sign = if *m >= 0.0 { 1.0f32 } else { -1.0 };
-                    let agree = *v * sign > 0.0;
-                    *a += if agree { *v } else { 0.0 };
-                    *div += if agree { *dw } else { 0.0 };
+            for &(d, dw) in &deltas {
+                for j in 0..n {
+                    let agree = (d[j] > 0.0) & (mixed[j] >= 0.0) | (d[j] < 0.0) & (mixed[j] < 0.0);
+                    agreed[j] += if agree { d[j] } else { 0.0 };
+                    divisor[j] += if agree { dw } else { 0.0 };
                 }
             }
-            for (((o, b), a), div) in out
-                .iter_mut()
-                .zip(base)
-                .zip(agreed.iter())
-                .zip(divisor.iter())
-            {
-                let v = if self.normalize && *div != 0.0 {
-                    a / div
+            for j in 0..n {
+                let v = if self.normalize && divisor[j] != 0.0 {
+                    agreed[j] / divisor[j]
                 } else {
-                    *a
+                    agreed[j]
                 };
-                *o = b + self.lambda * v;
+                out[j] = base[j] + self.lambda * v;
             }
         } else {
             let total: f32 = deltas.iter().map(|(_, dw)| dw).sum();
@@ -515,8 +504,8 @@ impl ChunkMerger for TaskVectorChunks {
             } else {
                 self.lambda
             };
-            for ((o, b), m) in out.iter_mut().zip(base).zip(mixed.iter()) {
-                *o = b + scale * m;
+            for j in 0..n {
+                out[j] = base[j] + scale * mixed[j];
             }
         }
     }
@@ -618,8 +607,11 @@ fn top_k_keep(job: &TensorJob<'_>, i: usize, density: f64, bits: &mut Vec<u32>) 
         return Keep::Nothing;
     }
     let pair = [job.inputs[i], job.inputs[job.base]];
-    bits.clear();
-    bits.resize(job.numel, 0);
+    // Every element is overwritten, so a reused buffer is only grown, never cleared.
+    if bits.len() < job.numel {
+        bits.resize(job.numel, 0);
+    }
+    let bits = &mut bits[..job.numel];
     bits.par_chunks_mut(CHUNK).enumerate().for_each_init(
         || vec![Vec::new(); 2],
         |bufs, (c, out)| {
