@@ -6,7 +6,7 @@ mod support;
 use fisherkit_common::st::{write, OwnedTensor};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use support::{fails, ok, s};
+use support::{clean_failure, fails, listing, ok, run_with_file_size_limit, s};
 
 fn model(dir: &Path, name: &str, w: [f32; 3], head: Option<f32>) -> PathBuf {
     let d = dir.join(name);
@@ -233,4 +233,86 @@ fn bad_inputs_exit_with_clear_errors() {
     assert!(!out.exists(), "no partial output after failures");
     let err = fails(&["merge", s(&p.join("no.yml")), "--out", s(&out)]);
     assert!(err.contains("no.yml"), "{err}");
+}
+
+/// A full disk mid-merge (simulated by a file-size cap on the process) fails with a
+/// clear error, leaves no partial output or staging directory, and a `--force` rerun
+/// that fails keeps the previous complete output untouched.
+#[test]
+fn disk_full_leaves_no_partial_output() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    let checkpoint = |name: &str, v: f32| {
+        let dir = p.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let tensors = vec![
+            (
+                "a.small".to_string(),
+                OwnedTensor::f32(vec![100], &[v; 100]),
+            ),
+            (
+                "b.large".to_string(),
+                OwnedTensor::f32(vec![40_000], &vec![v; 40_000]),
+            ),
+        ];
+        write(&dir.join("model.safetensors"), &tensors, HashMap::new()).unwrap();
+        std::fs::write(dir.join("config.json"), r#"{"model_type": "tiny"}"#).unwrap();
+        dir
+    };
+    let (a, b) = (checkpoint("a", 1.0), checkpoint("b", 3.0));
+    let out = p.join("merged");
+    let args = |weight_a: &str| -> Vec<String> {
+        [
+            "merge",
+            "--method",
+            "linear",
+            "--model",
+            s(&a),
+            "--weight",
+            weight_a,
+            "--model",
+            s(&b),
+            "--weight",
+            "0.5",
+            "--out",
+            s(&out),
+            "--max-shard-size",
+            "10KB",
+            "--force",
+        ]
+        .iter()
+        .map(|x| x.to_string())
+        .collect()
+    };
+    // The small tensor's shard fits under the 64 KB cap, the large one's (160 KB) does not.
+    let before = listing(p);
+    let err = clean_failure(&run_with_file_size_limit(&args("0.5"), 64 << 10));
+    assert!(
+        err.contains("model-00002-of-00002.safetensors") && err.contains("File too large"),
+        "{err}"
+    );
+    assert_eq!(
+        listing(p),
+        before,
+        "no output and no staging directory left"
+    );
+
+    ok(&args("0.5"));
+    let complete = listing(&out);
+    let shard_bytes: Vec<Vec<u8>> = complete
+        .iter()
+        .map(|f| std::fs::read(out.join(f)).unwrap())
+        .collect();
+    let mut with_output = before.clone();
+    with_output.push("merged".into());
+    with_output.sort();
+    clean_failure(&run_with_file_size_limit(&args("0.25"), 64 << 10));
+    assert_eq!(
+        listing(p),
+        with_output,
+        "only the old output, no staging directory"
+    );
+    for (f, bytes) in complete.iter().zip(&shard_bytes) {
+        assert_eq!(&std::fs::read(out.join(f)).unwrap(), bytes, "{f} changed");
+    }
 }

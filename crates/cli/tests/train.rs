@@ -3,7 +3,7 @@
 mod support;
 
 use std::path::Path;
-use support::{ok, run as fisherkit, s as p};
+use support::{clean_failure, listing, ok, run as fisherkit, run_with_file_size_limit, s as p};
 
 #[test]
 fn synthetic_suite_is_deterministic_and_formats_work() {
@@ -247,6 +247,30 @@ fn tokenizer_then_train_then_eval() {
         "resumed weights differ"
     );
     assert!(weights(&whole) != std::fs::read(model.join("model.safetensors")).unwrap());
+
+    // A full disk while the run saves its checkpoint and final model (simulated by a
+    // file-size cap smaller than the weights) fails cleanly and leaves the run directory
+    // as it was: no final model, no half-written checkpoint. --resume then finishes
+    // with the weights of the uninterrupted run.
+    let full = dir.path().join("full");
+    ok(&run_args(&full, &["--stop-after", "2"]));
+    let tree = |d: &Path| (listing(d), listing(&d.join("checkpoints")));
+    let before = tree(&full);
+    let err = clean_failure(&run_with_file_size_limit(
+        &run_args(&full, &["--resume"]),
+        16 << 10,
+    ));
+    assert!(err.contains("File too large"), "{err}");
+    assert_eq!(
+        tree(&full),
+        before,
+        "nothing partial left in the run directory"
+    );
+    ok(&run_args(&full, &["--resume"]));
+    assert!(
+        weights(&whole) == weights(&full),
+        "weights differ after a failed save"
+    );
 
     // Malformed training data: the error names file and line.
     let bad = dir.path().join("bad.jsonl");

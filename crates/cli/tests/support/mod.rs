@@ -8,12 +8,58 @@ use std::fmt::Debug;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+fn fisherkit<S: AsRef<OsStr>>(args: &[S]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fisherkit"));
+    cmd.args(args).env("FISHERKIT_NO_PROGRESS", "1");
+    cmd
+}
+
 pub fn run<S: AsRef<OsStr>>(args: &[S]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_fisherkit"))
-        .args(args)
-        .env("FISHERKIT_NO_PROGRESS", "1")
+    fisherkit(args)
         .output()
         .expect("running the fisherkit binary")
+}
+
+/// Run with every file the process writes capped at `bytes` (RLIMIT_FSIZE, SIGXFSZ
+/// ignored): a write past the cap fails with EFBIG, as a write on a full disk fails
+/// with ENOSPC. Unlike a read-only directory this also bites when tests run as root.
+pub fn run_with_file_size_limit<S: AsRef<OsStr>>(args: &[S], bytes: u64) -> Output {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = fisherkit(args);
+    // SAFETY: only async-signal-safe libc calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            let limit = libc::rlimit {
+                rlim_cur: bytes,
+                rlim_max: bytes,
+            };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.output().expect("running the fisherkit binary")
+}
+
+/// The failure of a run that must fail cleanly (an `error:` line, no panic).
+pub fn clean_failure(out: &Output) -> String {
+    assert!(!out.status.success(), "the run should fail");
+    let err = stderr(out);
+    assert!(err.contains("error: "), "no error message: {err}");
+    assert!(!err.contains("panicked"), "panicked: {err}");
+    err
+}
+
+/// Names in a directory, sorted.
+pub fn listing(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("listing {}: {e}", dir.display()))
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
 }
 
 /// Run a command that must succeed; return its stdout.
@@ -31,16 +77,7 @@ pub fn ok<S: AsRef<OsStr> + Debug>(args: &[S]) -> String {
 pub fn fails<S: AsRef<OsStr> + Debug>(args: &[S]) -> String {
     let out = run(args);
     assert!(!out.status.success(), "fisherkit {args:?} should fail");
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(
-        err.contains("error: "),
-        "fisherkit {args:?}: no error message: {err}"
-    );
-    assert!(
-        !err.contains("panicked"),
-        "fisherkit {args:?} panicked: {err}"
-    );
-    err
+    clean_failure(&out)
 }
 
 pub fn stderr(out: &Output) -> String {
