@@ -612,18 +612,28 @@ fn top_k_keep(job: &TensorJob<'_>, i: usize, density: f64, bits: &mut Vec<u32>) 
         bits.resize(job.numel, 0);
     }
     let bits = &mut bits[..job.numel];
-    bits.par_chunks_mut(CHUNK).enumerate().for_each_init(
-        || vec![Vec::new(); 2],
-        |bufs, (c, out)| {
-            load_chunk(&pair, c * CHUNK, out.len(), bufs);
-            for ((o, x), b) in out.iter_mut().zip(&bufs[0]).zip(&bufs[1]) {
-                *o = (x - b).abs().to_bits();
-            }
-        },
+    // |δ| bits and the level-1 histogram (top 16 of the 31 magnitude bits) in one pass;
+    // level 2 below counts the low 15 bits inside the bucket holding the k-th largest.
+    let hist_hi = sum_histograms(
+        bits.par_chunks_mut(CHUNK)
+            .enumerate()
+            .with_min_len(histogram_min_len(job.numel))
+            .fold(
+                || (vec![Vec::new(); 2], vec![0u32; 1 << 16]),
+                |(mut bufs, mut hist), (c, out)| {
+                    load_chunk(&pair, c * CHUNK, out.len(), &mut bufs);
+                    for ((o, x), b) in out.iter_mut().zip(&bufs[0]).zip(&bufs[1]) {
+                        *o = (x - b).abs().to_bits();
+                        hist[(*o >> 15) as usize] += 1;
+                    }
+                    (bufs, hist)
+                },
+            )
+            .map(|(_, hist)| hist),
+        1 << 16,
     );
-    // Level 1: top 16 of the 31 magnitude bits; level 2: the low 15 inside that bucket.
-    let hist_hi = histogram(bits, 1 << 16, |b| Some((b >> 15) as usize));
     let (hi, above_hi) = find_bucket(&hist_hi, k);
+    let bits = &*bits;
     let hist_lo = histogram(bits, 1 << 15, |b| {
         ((b >> 15) as usize == hi).then_some((b & 0x7FFF) as usize)
     });
@@ -649,18 +659,32 @@ fn top_k_keep(job: &TensorJob<'_>, i: usize, density: f64, bits: &mut Vec<u32>) 
 
 /// Counts of `bucket(value)` over `bits`, one table per worker, summed.
 fn histogram(bits: &[u32], bins: usize, bucket: impl Fn(u32) -> Option<usize> + Sync) -> Vec<u64> {
-    bits.par_chunks(CHUNK)
-        .fold(
-            || vec![0u32; bins],
-            |mut h, chunk| {
-                for &b in chunk {
-                    if let Some(i) = bucket(b) {
-                        h[i] += 1;
+    sum_histograms(
+        bits.par_chunks(CHUNK)
+            .with_min_len(histogram_min_len(bits.len()))
+            .fold(
+                || vec![0u32; bins],
+                |mut h, chunk| {
+                    for &b in chunk {
+                        if let Some(i) = bucket(b) {
+                            h[i] += 1;
+                        }
                     }
-                }
-                h
-            },
-        )
+                    h
+                },
+            ),
+        bins,
+    )
+}
+
+/// Chunks per histogram table: a few tables per thread, not one per chunk (each table
+/// is hundreds of KB to allocate, clear and add up).
+fn histogram_min_len(numel: usize) -> usize {
+    (numel.div_ceil(CHUNK) / (4 * rayon::current_num_threads())).max(1)
+}
+
+fn sum_histograms(tables: impl ParallelIterator<Item = Vec<u32>>, bins: usize) -> Vec<u64> {
+    tables
         .map(|h| h.into_iter().map(u64::from).collect::<Vec<u64>>())
         .reduce(
             || vec![0u64; bins],
