@@ -421,6 +421,11 @@ pub struct BenchArgs {
     /// Keep the generated checkpoints.
     #[arg(long)]
     keep: bool,
+    /// Before every run (fisherkit's and each peer's): sync, drop the page cache (Linux,
+    /// needs root) and read that run's inputs back in, so every tool starts with cached
+    /// inputs and free memory for its output.
+    #[arg(long)]
+    drop_caches: bool,
 }
 
 pub fn bench(args: BenchArgs) -> Result<()> {
@@ -432,5 +437,6 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         mergekit: args.mergekit,
         python: args.python,
         keep: args.keep,
+        drop_caches: args.drop_caches,
     })
 }

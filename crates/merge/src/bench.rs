@@ -3,7 +3,7 @@
 //! TIES; seconds and peak RSS per merge, optionally side by side with peers (mergekit,
 //! a numpy streaming average) run on the same files.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use rayon::prelude::*;
 use safetensors::tensor::Dtype;
 use std::collections::{BTreeMap, HashMap};
@@ -35,6 +35,9 @@ pub struct BenchOptions {
     pub python: Option<PathBuf>,
     /// Keep the generated files (for running other peers by hand).
     pub keep: bool,
+    /// Drop the page cache and re-read the inputs before every run (see
+    /// [`settle_page_cache`]).
+    pub drop_caches: bool,
 }
 
 /// One timed run.
@@ -215,6 +218,23 @@ pub fn peak_rss_mb() -> f64 {
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
+/// The same starting point for every tool: dirty pages written back, the page cache
+/// emptied (so the output's pages come from free memory, not from reclaiming other
+/// files' pages mid-run), then the inputs read back in (so no run waits on the disk).
+fn settle_page_cache(inputs: &[PathBuf]) -> Result<()> {
+    let synced = Command::new("sync").status().context("running sync")?;
+    ensure!(synced.success(), "sync failed");
+    std::fs::write("/proc/sys/vm/drop_caches", "1")
+        .context("--drop-caches: writing /proc/sys/vm/drop_caches (Linux, needs root)")?;
+    for path in inputs {
+        let mut file =
+            std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+        std::io::copy(&mut file, &mut std::io::sink())
+            .with_context(|| format!("reading {}", path.display()))?;
+    }
+    Ok(())
+}
+
 fn recipe_for(method: &str, models: &[PathBuf], fishers: &[PathBuf]) -> Result<String> {
     let n = models.len();
     let mut text = format!("merge_method: {method}\n");
@@ -325,6 +345,20 @@ pub fn run(opts: &BenchOptions) -> Result<()> {
             let recipe_path = root.join(format!("{method}_{n}.yml"));
             std::fs::write(&recipe_path, &text)?;
             let out = root.join(format!("out_{method}_{n}"));
+            let mut inputs: Vec<PathBuf> = models[..n]
+                .iter()
+                .map(|m| m.join("model.safetensors"))
+                .collect();
+            if method == "fisher" {
+                inputs.extend_from_slice(&fishers[..n]);
+            }
+            let settle = || -> Result<()> {
+                if opts.drop_caches {
+                    settle_page_cache(&inputs)?;
+                }
+                Ok(())
+            };
+            settle()?;
             reset_peak_rss();
             let load = load_average();
             let (start, cpu0) = (Instant::now(), cpu_seconds());
@@ -355,6 +389,7 @@ pub fn run(opts: &BenchOptions) -> Result<()> {
             rows.push(row);
             std::fs::remove_dir_all(&out).ok();
             if let Some(mk) = opts.mergekit.as_ref().filter(|_| method != "fisher") {
+                settle()?;
                 let mut c = timed(mk);
                 c.arg(&recipe_path).arg(&out);
                 peer_row(&mut rows, "mergekit", method, n, c);
@@ -363,6 +398,7 @@ pub fn run(opts: &BenchOptions) -> Result<()> {
             if let (Some(py), "linear") = (&opts.python, method.as_str()) {
                 let script =
                     Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/numpy_weighted_average.py");
+                settle()?;
                 let mut c = timed(py);
                 c.arg(script).arg(&out);
                 for m in &models[..n] {
