@@ -61,6 +61,9 @@ pub struct MergeSyntheticArgs {
     /// Most probable tokens per target position in the exact Fisher (0: every token).
     #[arg(long, default_value_t = 3)]
     top_k_classes: usize,
+    /// Divide each Fisher by its global L2 norm before merging.
+    #[arg(long)]
+    normalize_fishers: bool,
     /// The target's weight λ: start:stop:step within [0, 1].
     #[arg(long, default_value = "0:1:0.05", value_name = "START:STOP:STEP")]
     grid: String,
@@ -100,6 +103,7 @@ fn merge_synthetic(args: MergeSyntheticArgs) -> Result<()> {
         fisher_examples: args.fisher_examples,
         fisher_mode: args.fisher_mode,
         top_k_classes: (args.top_k_classes > 0).then_some(args.top_k_classes),
+        normalize_fishers: args.normalize_fishers,
         grid: search::parse_grid(&args.grid)?,
     };
     let summary = ms::run(&opts, &mut |line| eprintln!("{line}"))?;

@@ -60,6 +60,10 @@ pub struct Options {
     /// `exact` (top-k classes per target position) or `sampled`.
     pub fisher_mode: String,
     pub top_k_classes: Option<usize>,
+    /// Divide each Fisher by its global L2 norm before merging (the merge engine's
+    /// `normalize_fishers`), so a confident model's small Fisher is not swamped.
+    #[serde(default)]
+    pub normalize_fishers: bool,
     /// The target's weight λ of every candidate merge.
     pub grid: Vec<f64>,
 }
@@ -83,6 +87,7 @@ impl Default for Options {
             fisher_examples: 500,
             fisher_mode: "exact".into(),
             top_k_classes: Some(3),
+            normalize_fishers: false,
             grid: search::parse_grid("0:1:0.05").expect("valid default grid"),
         }
     }
@@ -577,7 +582,7 @@ fn score_grid(
     ];
     let mut rows = Vec::new();
     for (method, engine_method) in METHODS {
-        let yaml = recipe_yaml(engine_method, &models)?;
+        let yaml = recipe_yaml(engine_method, &models, opts.normalize_fishers)?;
         let recipe_path = opts.out.join(format!("recipe-{method}.yml"));
         write_bytes(&recipe_path, yaml.as_bytes())?;
         let plan = engine::Plan::new(
@@ -603,7 +608,7 @@ fn score_grid(
 /// merging floors every Fisher (not only the target's) at the engine's ε, so each
 /// end of the grid is exactly one model: with only the target floored, λ = 0 leaves
 /// 0/0 wherever B's Fisher vanishes and the engine keeps A's value there.
-fn recipe_yaml(method: &str, models: &[(PathBuf, PathBuf)]) -> Result<String> {
+fn recipe_yaml(method: &str, models: &[(PathBuf, PathBuf)], normalize: bool) -> Result<String> {
     let quote = |p: &Path| -> Result<String> {
         let abs = std::path::absolute(p).with_context(|| format!("resolving {}", p.display()))?;
         Ok(serde_json::to_string(&abs.display().to_string())?)
@@ -619,7 +624,9 @@ fn recipe_yaml(method: &str, models: &[(PathBuf, PathBuf)]) -> Result<String> {
         }
     }
     if method == "fisher" {
-        yaml.push_str("parameters:\n  floor_all: true\n");
+        yaml.push_str(&format!(
+            "parameters:\n  floor_all: true\n  normalize_fishers: {normalize}\n"
+        ));
     }
     Ok(yaml)
 }
@@ -824,13 +831,17 @@ mod tests {
             (PathBuf::from("/m/a"), PathBuf::from("/m/fa.safetensors")),
             (PathBuf::from("/m/b"), PathBuf::from("/m/fb.safetensors")),
         ];
-        let fisher =
-            Recipe::from_yaml(&recipe_yaml("fisher", &models).unwrap(), Path::new("r")).unwrap();
+        let fisher = Recipe::from_yaml(
+            &recipe_yaml("fisher", &models, true).unwrap(),
+            Path::new("r"),
+        )
+        .unwrap();
         assert_eq!(fisher.merge_method, "fisher");
         assert_eq!(fisher.models.len(), 2);
         assert_eq!(fisher.models[1].model, "/m/b");
         assert!(fisher.parameters.contains_key("floor_all"));
-        let linear = recipe_yaml("linear", &models).unwrap();
+        assert!(fisher.parameters.contains_key("normalize_fishers"));
+        let linear = recipe_yaml("linear", &models, true).unwrap();
         assert!(!linear.contains("fisher") && !linear.contains("floor_all"));
     }
 }
