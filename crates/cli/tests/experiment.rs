@@ -8,7 +8,8 @@ use serde_json::Value;
 use std::path::Path;
 use support::{fails, ok, run, s};
 
-const TASKS: [&str; 2] = ["copy", "reverse"];
+// One-token answers: even this tiny model gets some right, so exact match is tested too.
+const TASKS: [&str; 2] = ["max", "count"];
 
 fn tiny_args(out: &Path) -> Vec<String> {
     [
@@ -17,7 +18,7 @@ fn tiny_args(out: &Path) -> Vec<String> {
         "--out",
         s(out),
         "--tasks",
-        "copy,reverse",
+        "max,count",
         "--train-per-task",
         "150",
         "--eval-per-task",
@@ -25,7 +26,9 @@ fn tiny_args(out: &Path) -> Vec<String> {
         "--pretrain-steps",
         "60",
         "--finetune-steps",
-        "20",
+        "80",
+        "--finetune-lr",
+        "3e-3",
         "--batch-size",
         "16",
         "--d-model",
@@ -127,7 +130,7 @@ fn merge_synthetic_endpoints_plot_and_resume() {
     let out = dir.path().join("ms");
     let args = tiny_args(&out);
     let table = ok(&args);
-    assert!(table.contains("isotropic:copy") && table.contains("fisher:reverse"));
+    assert!(table.contains("isotropic:max") && table.contains("fisher:count"));
 
     let rows = rows(&out);
     assert_eq!(rows.len(), 2 * 3, "two methods × three grid points");
@@ -138,13 +141,19 @@ fn merge_synthetic_endpoints_plot_and_resume() {
         }
     }
 
-    // λ = 1 is model A, λ = 0 model B, for both methods, on both tasks.
+    // λ = 1 is model A, λ = 0 model B, for both methods, on both tasks (up to padded
+    // batches rounding differently: 1e-5 relative; a Fisher merge keeping even one of A's
+    // embedding rows at λ = 0 is off by 1e-3).
     for (lambda, model_task) in [(1.0, TASKS[0]), (0.0, TASKS[1])] {
         let model = out.join(format!("finetune-{model_task}/model"));
         let expected: Vec<(f64, f64)> = TASKS
             .iter()
             .map(|t| independent_scores(&model, &out.join(format!("data/{t}/test.jsonl"))))
             .collect();
+        assert!(
+            expected.iter().any(|(exact, _)| *exact > 0.0),
+            "the fine-tuned {model_task} model should get some examples right"
+        );
         for method in ["isotropic", "fisher"] {
             let row = rows
                 .iter()
@@ -160,7 +169,7 @@ fn merge_synthetic_endpoints_plot_and_resume() {
                 assert_eq!(task, t);
                 assert_eq!(exact, want_exact, "{method} λ={lambda} {task}");
                 assert!(
-                    (logprob - want_logprob).abs() < 1e-3 * want_logprob.abs().max(1.0),
+                    (logprob - want_logprob).abs() < 1e-5 * want_logprob.abs().max(1.0),
                     "{method} λ={lambda} {task}: log-prob {logprob} vs {want_logprob}"
                 );
             }
@@ -197,10 +206,10 @@ fn merge_synthetic_endpoints_plot_and_resume() {
         "one line per method × task"
     );
     for label in [
-        "isotropic: copy",
-        "isotropic: reverse",
-        "fisher: copy",
-        "fisher: reverse",
+        "isotropic: max",
+        "isotropic: count",
+        "fisher: max",
+        "fisher: count",
     ] {
         assert!(svg.contains(label), "legend lacks {label}");
     }
