@@ -113,8 +113,8 @@ impl Options {
             "--train-per-task, --eval-per-task and --fisher-examples must be positive"
         );
         ensure!(
-            self.d_model >= 32 && self.d_model % 32 == 0 && self.layers > 0,
-            "--d-model must be a positive multiple of 32 and --layers positive"
+            self.d_model > 0 && self.layers > 0,
+            "--d-model and --layers must be positive"
         );
         ensure!(
             !self.grid.is_empty(),
