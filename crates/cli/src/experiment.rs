@@ -30,7 +30,7 @@ pub struct MergeSyntheticArgs {
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// The two tasks A,B (A is the target: weight λ). See `fisherkit tasks list`.
-    #[arg(long, default_value = "reverse,sort", value_name = "A,B")]
+    #[arg(long, default_value = "count,parity", value_name = "A,B")]
     tasks: String,
     /// Training examples per task (pre-training uses every task but A and B).
     #[arg(long, default_value_t = Options::default().train_per_task)]
@@ -83,7 +83,7 @@ fn merge_synthetic(args: MergeSyntheticArgs) -> Result<()> {
         .collect();
     ensure!(
         tasks.len() == 2,
-        "--tasks takes exactly two task names, e.g. reverse,sort (got {:?})",
+        "--tasks takes exactly two task names, e.g. count,parity (got {:?})",
         args.tasks
     );
     let opts = Options {
