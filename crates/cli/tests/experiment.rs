@@ -225,11 +225,17 @@ fn merge_synthetic_endpoints_plot_and_resume() {
     assert!(log.contains("5/5 scoring the merges: done"), "{log}");
     assert_eq!(std::fs::read(out.join("results.jsonl")).unwrap(), before);
 
-    // Other settings on the same directory are refused, not mixed in.
+    // Other settings on the same directory are refused, not mixed in; with --force
+    // the directory starts over.
     let mut other = args.clone();
     let seed = other.iter().position(|a| a == "--seed").unwrap();
     other[seed + 1] = "4".into();
     assert!(fails(&other).contains("other settings"));
+    other.push("--force".into());
+    let forced = run(&other);
+    assert!(forced.status.success(), "{}", support::stderr(&forced));
+    assert!(!support::stderr(&forced).contains("skipped"));
+    assert_ne!(std::fs::read(out.join("results.jsonl")).unwrap(), before);
 }
 
 #[test]
@@ -252,5 +258,8 @@ fn merge_synthetic_bad_input() {
     std::fs::create_dir_all(&out).unwrap();
     std::fs::write(out.join("keep.txt"), "mine").unwrap();
     assert!(fails(&tiny_args(&out)).contains("not an experiment directory"));
+    let mut forced = tiny_args(&out);
+    forced.push("--force".into());
+    assert!(fails(&forced).contains("not an experiment directory"));
     assert!(out.join("keep.txt").exists());
 }

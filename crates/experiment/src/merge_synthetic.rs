@@ -346,12 +346,22 @@ pub fn run(opts: &Options, log: &mut dyn FnMut(&str)) -> Result<Summary> {
 }
 
 /// Refuse a directory that holds something else or another experiment's settings;
-/// with `force`, start from scratch.
+/// with `force`, start an experiment directory from scratch (a directory that is not an
+/// experiment's is never deleted).
 fn prepare_out_dir(opts: &Options) -> Result<()> {
     let out = &opts.out;
     let settings = out.join("experiment.json");
     if out.exists() {
         ensure!(out.is_dir(), "--out {} is not a directory", out.display());
+        let empty = std::fs::read_dir(out)
+            .with_context(|| format!("reading {}", out.display()))?
+            .next()
+            .is_none();
+        ensure!(
+            empty || settings.exists(),
+            "--out {} exists and is not an experiment directory (no experiment.json); choose another --out",
+            out.display()
+        );
         if opts.force {
             std::fs::remove_dir_all(out)
                 .with_context(|| format!("removing {} (--force)", out.display()))?;
@@ -370,11 +380,6 @@ fn prepare_out_dir(opts: &Options) -> Result<()> {
                 settings.display()
             );
             return Ok(());
-        } else if std::fs::read_dir(out)?.next().is_some() {
-            bail!(
-                "--out {} exists and is not an experiment directory (no experiment.json); pass --force to replace it",
-                out.display()
-            );
         }
     }
     write_json(&settings, opts)
