@@ -15,7 +15,7 @@
 //! - `results.jsonl`, `summary.json`, `merge-synthetic.svg`.
 
 use crate::plot::{self, Chart, Series};
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use fisherkit_common::atomic::{write_bytes, write_file, write_json, StagedDir};
 use fisherkit_fisher::evaluate::{Metric, ModelEvaluator};
 use fisherkit_fisher::job::{self, FisherJob, ModelSource, OutputsSpec};
