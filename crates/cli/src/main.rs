@@ -8,6 +8,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod bench;
 mod c4;
+mod experiment;
 mod fisher;
 mod merge;
 mod npeff;
@@ -56,6 +57,8 @@ enum Command {
     C4(c4::C4Args),
     /// Shallow ReLU networks as zonotope-vertex search.
     Zonotope(zonotope::ZonotopeArgs),
+    /// Paper experiments run end to end on built-in data.
+    Experiment(experiment::ExperimentArgs),
     /// Benchmarks (results go to BENCHMARKS.md).
     Bench(bench::BenchArgs),
 }
@@ -84,6 +87,7 @@ fn main() {
         Command::Npeff(a) => npeff::npeff(a),
         Command::C4(a) => c4::c4(a),
         Command::Zonotope(a) => zonotope::zonotope(a),
+        Command::Experiment(a) => experiment::experiment(a),
         Command::Bench(a) => bench::bench(a),
     };
     if let Err(err) = result {

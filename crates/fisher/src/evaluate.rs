@@ -87,6 +87,11 @@ impl<M: LogProbModel> ModelEvaluator<M> {
         self.metric
     }
 
+    /// The model as last loaded (e.g. to decode with a merge just scored).
+    pub fn model(&self) -> &M {
+        &self.model
+    }
+
     /// Overwrite the model's parameters with a merge's tensors (by checkpoint name).
     pub fn load_merged(&mut self, merged: &MergedTensors) -> Result<()> {
         let mut values = Vec::new();

@@ -87,7 +87,8 @@ pub fn tiny_config(vocab_size: usize, d_model: usize, layers: usize) -> T5Config
     }
 }
 
-fn encode(
+/// Tokenise text examples for the model (EOS appended to input and target).
+pub fn encode(
     tk: &tokenizers::Tokenizer,
     examples: &[fisherkit_tasks::Example],
 ) -> Result<Vec<Example>> {
@@ -100,6 +101,67 @@ fn encode(
             })
         })
         .collect()
+}
+
+/// The quickstart's training recipe: AdamW (weight decay 0.01), `lr` with 5 % linear
+/// warm-up and linear decay over `steps`, batches of `batch_size` examples,
+/// gradient-norm clipping 1.0, validation five times per run.
+pub fn recipe(lr: f64, steps: u64, batch_size: usize, seed: u64) -> Result<TrainConfig> {
+    Ok(TrainConfig {
+        optimizer: OptimizerConfig::Adamw(AdamWConfig {
+            weight_decay: 0.01,
+            ..Default::default()
+        }),
+        schedule: Schedule::new(ScheduleKind::LinearDecay, lr, steps / 20, steps)?,
+        batch: BatchBy::Examples(batch_size),
+        grad_accum: 1,
+        max_grad_norm: Some(1.0),
+        z_loss: 0.0,
+        seed,
+        total_steps: steps,
+        log_every: 10,
+        eval_every: Some((steps / 5).max(1)),
+        checkpoint_every: None,
+        keep_checkpoints: 1,
+    })
+}
+
+/// The quickstart's tokenizer: SentencePiece-Unigram with 256 pieces, trained on the
+/// inputs and targets of `examples`.
+pub fn suite_tokenizer(examples: &[fisherkit_tasks::Example]) -> Result<tokenizers::Tokenizer> {
+    let corpus: Vec<String> = examples
+        .iter()
+        .flat_map(|e| [e.input.clone(), e.target.clone()])
+        .collect();
+    tokenizer::train(
+        &corpus,
+        &tokenizer::TrainOptions {
+            vocab_size: 256,
+            ..Default::default()
+        },
+    )
+}
+
+/// Greedy predictions of `model` for the inputs of `examples`, in order.
+pub fn greedy_predictions(
+    model: &fisherkit_t5::T5,
+    tk: &tokenizers::Tokenizer,
+    examples: &[fisherkit_tasks::Example],
+) -> Result<Vec<String>> {
+    let inputs: Vec<String> = examples.iter().map(|e| e.input.clone()).collect();
+    // Room for the longest reference (EOS included) and a few tokens more, so a
+    // prediction that runs on is seen as wrong rather than cut to a right answer.
+    let longest = encode(tk, examples)?
+        .iter()
+        .map(|e| e.target_ids.len())
+        .max()
+        .unwrap_or(1);
+    let decode = DecodeOptions {
+        max_new_tokens: longest + 4,
+        num_beams: 1,
+        batch_size: 100,
+    };
+    predict(model, tk, &inputs, &decode)
 }
 
 /// Run the quickstart; `log` receives one line per phase.
@@ -138,17 +200,7 @@ pub fn run(
         valid_text.extend(fisherkit_tasks::load_examples(&d.join("valid.jsonl"))?);
         test_sets.push(fisherkit_tasks::load_examples(&d.join("test.jsonl"))?);
     }
-    let corpus: Vec<String> = train_text
-        .iter()
-        .flat_map(|e| [e.input.clone(), e.target.clone()])
-        .collect();
-    let tk = tokenizer::train(
-        &corpus,
-        &tokenizer::TrainOptions {
-            vocab_size: 256,
-            ..Default::default()
-        },
-    )?;
+    let tk = suite_tokenizer(&train_text)?;
     let tk_path = dir.join("tokenizer.json");
     tokenizer::save(&tk, &tk_path)?;
     let vocab_size = tk.get_vocab_size(true);
@@ -162,28 +214,7 @@ pub fn run(
     let parameters = fisherkit_model::ParamAccess::num_params(&model);
     let train = encode(&tk, &train_text)?;
     let valid = encode(&tk, &valid_text)?;
-    let train_config = TrainConfig {
-        optimizer: OptimizerConfig::Adamw(AdamWConfig {
-            weight_decay: 0.01,
-            ..Default::default()
-        }),
-        schedule: Schedule::new(
-            ScheduleKind::LinearDecay,
-            opts.lr,
-            opts.steps / 20,
-            opts.steps,
-        )?,
-        batch: BatchBy::Examples(opts.batch_size),
-        grad_accum: 1,
-        max_grad_norm: Some(1.0),
-        z_loss: 0.0,
-        seed: opts.seed,
-        total_steps: opts.steps,
-        log_every: 10,
-        eval_every: Some((opts.steps / 5).max(1)),
-        checkpoint_every: None,
-        keep_checkpoints: 1,
-    };
+    let train_config = recipe(opts.lr, opts.steps, opts.batch_size, opts.seed)?;
     log(&format!(
         "3/4 training a T5 of {parameters} parameters ({} layers, d_model {}) for {} steps of {} examples",
         opts.layers, opts.d_model, opts.steps, opts.batch_size
@@ -208,21 +239,8 @@ pub fn run(
     let eval_model = fisherkit_model::burn::module::Module::valid(&model);
     let mut results = Vec::new();
     for (t, test) in manifest.tasks.iter().zip(&test_sets) {
-        let inputs: Vec<String> = test.iter().map(|e| e.input.clone()).collect();
         let refs: Vec<String> = test.iter().map(|e| e.target.clone()).collect();
-        // Room for the longest reference (EOS included) and a few tokens more, so a
-        // prediction that runs on is seen as wrong rather than cut to a right answer.
-        let longest = encode(&tk, test)?
-            .iter()
-            .map(|e| e.target_ids.len())
-            .max()
-            .unwrap_or(1);
-        let decode = DecodeOptions {
-            max_new_tokens: longest + 4,
-            num_beams: 1,
-            batch_size: 100,
-        };
-        let preds = predict(&eval_model, &tk, &inputs, &decode)?;
+        let preds = greedy_predictions(&eval_model, &tk, test)?;
         let scores = metrics::evaluate(
             &preds,
             &refs,
