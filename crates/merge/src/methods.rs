@@ -460,8 +460,15 @@ impl ChunkMerger for TaskVectorChunks {
         let n = out.len();
         let base = &inputs[self.base][..n];
         let others: Vec<usize> = (0..inputs.len()).filter(|&i| i != self.base).collect();
-        zeroed_buffers(scratch, others.len() + 3, n);
+        // The delta buffers are overwritten whole; only the three sums start at zero.
+        scratch.resize(others.len() + 3, Vec::new());
+        for buf in scratch.iter_mut() {
+            buf.resize(n, 0.0);
+        }
         let (delta_bufs, sums) = scratch.split_at_mut(others.len());
+        for sum in sums.iter_mut() {
+            sum[..n].fill(0.0);
+        }
         let [mixed, agreed, divisor] = sums else {
             unreachable!("three sum buffers")
         };
