@@ -4,10 +4,9 @@
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand, ValueEnum};
-use fisherkit_fisher::job::{self, FisherJob, ModelSource, OutputsSpec, PefJob};
+use fisherkit_fisher::job::{self, FisherJob, OutputsSpec, PefJob};
 use fisherkit_fisher::{ClassSelection, Mode};
-use fisherkit_t5::T5;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 #[derive(Args, Debug)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -152,7 +151,7 @@ fn compute_fisher(args: ComputeArgs) -> anyhow::Result<()> {
         ModeArg::Empirical => Mode::Empirical,
     };
     job::check_mode(mode, &outputs, args.source.top_k_classes)?;
-    let summary = with_model_source(&model_dir, |source| {
+    let summary = job::with_t5_source(&model_dir, |source| {
         job::run_fisher(
             source,
             &FisherJob {
@@ -183,25 +182,6 @@ fn compute_fisher(args: ComputeArgs) -> anyhow::Result<()> {
         }
     );
     Ok(())
-}
-
-/// Load the T5 in `model_dir` (with autodiff) and its tokenizer, and run `work` on them.
-fn with_model_source<R>(
-    model_dir: &Path,
-    work: impl FnOnce(&ModelSource<'_, T5>) -> anyhow::Result<R>,
-) -> anyhow::Result<R> {
-    let (model, tokenizer) = job::load_t5(model_dir, true)?;
-    let encode = tokenizer
-        .as_ref()
-        .map(|tk| move |text: &str| tk.encode(text));
-    let source = ModelSource {
-        model: &model,
-        encoder: encode
-            .as_ref()
-            .map(|f| f as fisherkit_fisher::data::Encoder<'_>),
-        dir: model_dir,
-    };
-    work(&source)
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -252,7 +232,7 @@ pub fn pefs(args: PefsArgs) -> anyhow::Result<()> {
     {
         bail!("--outputs tokens needs --top-k-classes K and/or --max-classes C (one backward pass per kept class)");
     }
-    let summary = with_model_source(&model_dir, |source| {
+    let summary = job::with_t5_source(&model_dir, |source| {
         job::run_pefs(
             source,
             &PefJob {

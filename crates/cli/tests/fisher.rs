@@ -249,9 +249,16 @@ fn label_outputs_write_fishers_and_low_rank_pefs_with_predictions() {
     let m = s(&model);
     let d = s(&data);
     let out = dir.path().join("f.safetensors");
-    for mode in ["exact", "sampled", "empirical"] {
-        ok(&[
-            "fisher",
+    // `fisherkit <command> --model M --data D --outputs labels --labels L <rest>`
+    fn with_labels<'a>(
+        command: &'a str,
+        m: &'a str,
+        d: &'a str,
+        labels: &'a str,
+        rest: &[&'a str],
+    ) -> Vec<&'a str> {
+        let mut args = vec![
+            command,
             "--model",
             m,
             "--data",
@@ -259,66 +266,40 @@ fn label_outputs_write_fishers_and_low_rank_pefs_with_predictions() {
             "--outputs",
             "labels",
             "--labels",
+            labels,
+        ];
+        args.extend_from_slice(rest);
+        args
+    }
+    let out_arg = s(&out);
+    for mode in ["exact", "sampled", "empirical"] {
+        ok(&with_labels(
+            "fisher",
+            m,
+            d,
             "yes,no",
-            "--mode",
-            mode,
-            "--out",
-            s(&out),
-        ]);
+            &["--mode", mode, "--out", out_arg],
+        ));
         let meta = MappedFile::open(&out).unwrap().metadata().unwrap();
         assert_eq!(meta["mode"], mode);
         assert_eq!(meta["outputs"], "labels:yes,no");
     }
     fails(
-        &[
-            "fisher",
-            "--model",
-            m,
-            "--data",
-            d,
-            "--outputs",
-            "labels",
-            "--labels",
-            "yes,maybe",
-            "--out",
-            s(&out),
-        ],
+        &with_labels("fisher", m, d, "yes,maybe", &["--out", out_arg]),
         "d.jsonl:2: target \"no\" is not one of the labels yes,maybe",
     );
     fails(
-        &[
-            "fisher",
-            "--model",
-            m,
-            "--data",
-            d,
-            "--outputs",
-            "labels",
-            "--labels",
-            "yes,no,maybe",
-            "--out",
-            s(&out),
-        ],
+        &with_labels("fisher", m, d, "yes,no,maybe", &["--out", out_arg]),
         "label \"maybe\" never occurs",
     );
     let pefs = dir.path().join("lr");
-    ok(&[
+    ok(&with_labels(
         "pefs",
-        "--model",
         m,
-        "--data",
         d,
-        "--outputs",
-        "labels",
-        "--labels",
         "yes,no",
-        "--kind",
-        "low-rank",
-        "--top-k",
-        "50",
-        "--out",
-        s(&pefs),
-    ]);
+        &["--kind", "low-rank", "--top-k", "50", "--out", s(&pefs)],
+    ));
     let pef = PefDir::open(&pefs).unwrap();
     assert_eq!(pef.meta.n_classes, Some(2));
     let rows = pef.read_all().unwrap();

@@ -42,7 +42,7 @@ fn synthetic_suite_is_deterministic_and_formats_work() {
     )
     .unwrap();
     let out = dir.path().join("rte_t2t.jsonl");
-    ok(&[
+    let format_rte = [
         "tasks",
         "format",
         "--task",
@@ -51,7 +51,8 @@ fn synthetic_suite_is_deterministic_and_formats_work() {
         p(&raw),
         "--out",
         p(&out),
-    ]);
+    ];
+    ok(&format_rte);
     assert_eq!(
         std::fs::read_to_string(&out).unwrap().trim(),
         r#"{"input":"rte sentence1: A. sentence2: B.","target":"not_entailment"}"#
@@ -61,16 +62,7 @@ fn synthetic_suite_is_deterministic_and_formats_work() {
         "{\"sentence1\":\"A.\",\"sentence2\":\"B.\",\"label\":1}\nnot json\n",
     )
     .unwrap();
-    let bad = fisherkit(&[
-        "tasks",
-        "format",
-        "--task",
-        "rte",
-        "--input",
-        p(&raw),
-        "--out",
-        p(&out),
-    ]);
+    let bad = fisherkit(&format_rte);
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("rte.jsonl:2"));
 }

@@ -18,9 +18,9 @@ use crate::plot::{self, Chart, Series};
 use anyhow::{ensure, Context, Result};
 use fisherkit_common::atomic::{write_bytes, write_file, write_json, StagedDir};
 use fisherkit_fisher::evaluate::{Metric, ModelEvaluator};
-use fisherkit_fisher::job::{self, FisherJob, ModelSource, OutputsSpec};
+use fisherkit_fisher::job::{self, FisherJob, OutputsSpec};
 use fisherkit_fisher::model::{Item, Outputs};
-use fisherkit_fisher::{data, Mode};
+use fisherkit_fisher::Mode;
 use fisherkit_merge::search::{self, Evaluator, MergedTensors};
 use fisherkit_merge::{engine, Recipe};
 use fisherkit_model::burn::tensor::Device;
@@ -460,26 +460,21 @@ fn train_on(
 /// Phase 4: the diagonal Fisher of a fine-tuned model on its own task's training
 /// examples, over target-token outputs.
 fn fisher(opts: &Options, model_dir: &Path, data_dir: &Path, task: &str, out: &Path) -> Result<()> {
-    let (model, tk) = job::load_t5(model_dir, true)?;
-    let encode = tk.as_ref().map(|tk| move |text: &str| tk.encode(text));
-    let source = ModelSource {
-        model: &model,
-        encoder: encode.as_ref().map(|f| f as data::Encoder<'_>),
-        dir: model_dir,
-    };
-    job::run_fisher(
-        &source,
-        &FisherJob {
-            data: data_dir.join(task).join("train.jsonl"),
-            out: out.to_path_buf(),
-            outputs: OutputsSpec::Tokens,
-            top_k_classes: opts.top_k_classes,
-            mode: opts.mode()?,
-            examples: Some(opts.fisher_examples),
-            batch_size: 8,
-            seed: opts.seed,
-        },
-    )?;
+    job::with_t5_source(model_dir, |source| {
+        job::run_fisher(
+            source,
+            &FisherJob {
+                data: data_dir.join(task).join("train.jsonl"),
+                out: out.to_path_buf(),
+                outputs: OutputsSpec::Tokens,
+                top_k_classes: opts.top_k_classes,
+                mode: opts.mode()?,
+                examples: Some(opts.fisher_examples),
+                batch_size: 8,
+                seed: opts.seed,
+            },
+        )
+    })?;
     Ok(())
 }
 

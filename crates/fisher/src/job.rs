@@ -35,6 +35,23 @@ pub fn load_t5(dir: &Path, autodiff: bool) -> Result<(T5, Option<TextTokenizer>)
     Ok((model, tokenizer))
 }
 
+/// Load the T5 in `model_dir` (with autodiff) and its tokenizer, and run `work` on them.
+pub fn with_t5_source<R>(
+    model_dir: &Path,
+    work: impl FnOnce(&ModelSource<'_, T5>) -> Result<R>,
+) -> Result<R> {
+    let (model, tokenizer) = load_t5(model_dir, true)?;
+    let encode = tokenizer
+        .as_ref()
+        .map(|tk| move |text: &str| tk.encode(text));
+    let source = ModelSource {
+        model: &model,
+        encoder: encode.as_ref().map(|f| f as data::Encoder<'_>),
+        dir: model_dir,
+    };
+    work(&source)
+}
+
 /// Which outputs the Fisher is taken over, as given on the command line.
 #[derive(Debug, Clone)]
 pub enum OutputsSpec {

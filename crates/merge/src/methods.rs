@@ -225,13 +225,20 @@ struct FisherChunks {
     target: usize,
 }
 
-/// Make `scratch` hold exactly `count` zeroed buffers of `len` values, reusing their
-/// allocations from chunk to chunk.
-fn zeroed_buffers(scratch: &mut Vec<Vec<f32>>, count: usize, len: usize) {
+/// Make `scratch` hold exactly `count` buffers of `len` values, reusing their
+/// allocations from chunk to chunk; their contents are whatever the last chunk left.
+fn sized_buffers(scratch: &mut Vec<Vec<f32>>, count: usize, len: usize) {
     scratch.resize(count, Vec::new());
     for buf in scratch.iter_mut() {
-        buf.clear();
         buf.resize(len, 0.0);
+    }
+}
+
+/// [`sized_buffers`], all set to zero.
+fn zeroed_buffers(scratch: &mut Vec<Vec<f32>>, count: usize, len: usize) {
+    sized_buffers(scratch, count, len);
+    for buf in scratch.iter_mut() {
+        buf.fill(0.0);
     }
 }
 
@@ -461,13 +468,10 @@ impl ChunkMerger for TaskVectorChunks {
         let base = &inputs[self.base][..n];
         let others: Vec<usize> = (0..inputs.len()).filter(|&i| i != self.base).collect();
         // The delta buffers are overwritten whole; only the three sums start at zero.
-        scratch.resize(others.len() + 3, Vec::new());
-        for buf in scratch.iter_mut() {
-            buf.resize(n, 0.0);
-        }
+        sized_buffers(scratch, others.len() + 3, n);
         let (delta_bufs, sums) = scratch.split_at_mut(others.len());
         for sum in sums.iter_mut() {
-            sum[..n].fill(0.0);
+            sum.fill(0.0);
         }
         let [mixed, agreed, divisor] = sums else {
             unreachable!("three sum buffers")
