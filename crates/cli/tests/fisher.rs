@@ -7,14 +7,12 @@ use fisherkit_npeff::pef::PefDir;
 use std::path::{Path, PathBuf};
 use support::{ok, s};
 
-const V10: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../../shared/fixtures/t5-tiny-v10"
-);
-const V11: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../../shared/fixtures/t5-tiny-v11"
-);
+/// A shared fixture directory as a `&'static str` for argument arrays (a few bytes
+/// leaked per call, in tests only).
+fn fixture(name: &str) -> &'static str {
+    let path = support::shared(&format!("fixtures/{name}"));
+    Box::leak(s(&path).to_string().into_boxed_str())
+}
 
 /// A command that must fail cleanly with `needle` in its message.
 fn fails(args: &[&str], needle: &str) {
@@ -62,7 +60,7 @@ fn dataset_fisher_is_the_batch_independent_mean_of_per_example_diagonals() {
     let f3 = dir.path().join("f3.safetensors");
     let common = [
         "--model",
-        V10,
+        fixture("t5-tiny-v10"),
         "--data",
         s(&data),
         "--outputs",
@@ -104,7 +102,7 @@ fn dataset_fisher_is_the_batch_independent_mean_of_per_example_diagonals() {
     assert!(meta["data_hash"].starts_with("fnv1a64:"));
 
     // Every model parameter is present, in checkpoint order, non-negative, not all zero.
-    let model = tensors(&Path::new(V10).join("model.safetensors"));
+    let model = tensors(&Path::new(fixture("t5-tiny-v10")).join("model.safetensors"));
     let n_params: usize = a.iter().map(|(_, v)| v.len()).sum();
     assert!(a.iter().all(|(_, v)| v.iter().all(|x| *x >= 0.0)));
     assert!(a.iter().any(|(_, v)| v.iter().any(|x| *x > 0.0)));
@@ -218,7 +216,7 @@ fn model_with_tokenizer(dir: &Path) -> PathBuf {
     let model = dir.join("model");
     std::fs::create_dir_all(&model).unwrap();
     for f in ["config.json", "model.safetensors"] {
-        std::fs::copy(Path::new(V10).join(f), model.join(f)).unwrap();
+        std::fs::copy(Path::new(fixture("t5-tiny-v10")).join(f), model.join(f)).unwrap();
     }
     let mut vocab = String::from("\"<pad>\": 0, \"</s>\": 1, \"<unk>\": 2");
     for (i, w) in ["yes", "no", "maybe", "a", "b", "c", "d"]
@@ -348,7 +346,7 @@ fn bad_input_gives_clear_errors() {
         &[
             "fisher",
             "--model",
-            V10,
+            fixture("t5-tiny-v10"),
             "--data",
             s(&empty),
             "--top-k-classes",
@@ -359,14 +357,22 @@ fn bad_input_gives_clear_errors() {
         "empty.jsonl:2: the target is empty",
     );
     fails(
-        &["fisher", "--model", V10, "--data", d, "--out", s(&out)],
+        &[
+            "fisher",
+            "--model",
+            fixture("t5-tiny-v10"),
+            "--data",
+            d,
+            "--out",
+            s(&out),
+        ],
         "needs --top-k-classes",
     );
     fails(
         &[
             "pefs",
             "--model",
-            V10,
+            fixture("t5-tiny-v10"),
             "--data",
             d,
             "--top-k-classes",
@@ -384,7 +390,7 @@ fn bad_input_gives_clear_errors() {
         &[
             "fisher",
             "--model",
-            V10,
+            fixture("t5-tiny-v10"),
             "--data",
             d,
             "--outputs",
@@ -426,7 +432,7 @@ fn pef_runs_resume_and_refuse_another_model() {
         .collect()
     };
     let run = |a: Vec<String>| support::run(&a.iter().map(String::as_str).collect::<Vec<_>>());
-    assert!(run(args(&full, V10)).status.success());
+    assert!(run(args(&full, fixture("t5-tiny-v10"))).status.success());
     // Simulate an interruption after two shards.
     let part = dir.path().join("part");
     std::fs::create_dir_all(&part).unwrap();
@@ -443,11 +449,11 @@ fn pef_runs_resume_and_refuse_another_model() {
         std::fs::copy(full.join(f), part.join(f)).unwrap();
     }
     std::fs::write(part.join("pefs.json"), serde_json::to_string(&cut).unwrap()).unwrap();
-    let other = run(args(&part, V11));
+    let other = run(args(&part, fixture("t5-tiny-v11")));
     assert!(!other.status.success());
     let err = String::from_utf8_lossy(&other.stderr);
     assert!(err.contains("cannot resume"), "{err}");
-    let resumed = run(args(&part, V10));
+    let resumed = run(args(&part, fixture("t5-tiny-v10")));
     assert!(
         resumed.status.success(),
         "{}",
@@ -464,7 +470,7 @@ fn pef_runs_resume_and_refuse_another_model() {
     );
 }
 
-/// A copy of the V10 model directory whose weights are `scale`·V10 + noise (same
+/// A copy of the V10 model directory whose weights are `scale`·fixture("t5-tiny-v10") + noise (same
 /// architecture, worse at the task), with the word-level tokenizer of `template`.
 fn perturbed_model(dir: &Path, template: &Path, seed: u64) -> PathBuf {
     let model = dir.join(format!("perturbed{seed}"));
