@@ -470,7 +470,7 @@ fn pef_runs_resume_and_refuse_another_model() {
     );
 }
 
-/// A copy of the V10 model directory whose weights are `scale`·fixture("t5-tiny-v10") + noise (same
+/// A copy of the t5-tiny-v10 fixture whose weights are `scale`·v10 + noise (same
 /// architecture, worse at the task), with the word-level tokenizer of `template`.
 fn perturbed_model(dir: &Path, template: &Path, seed: u64) -> PathBuf {
     let model = dir.join(format!("perturbed{seed}"));
