@@ -93,7 +93,11 @@ fn batched_label_probabilities_equal_one_at_a_time() {
             .try_into_vec_as::<f32>()
             .unwrap();
         for c in 0..3 {
-            assert!((batched[3 * e + c] - single[c]).abs() < 1e-5);
+            // Batch sizes pick different matmul kernels (summation orders), so agreement
+            // is to f32 rounding of the sequence scores (|score| ≈ 20 here, rounding
+            // ≈ 1e-6 relative); a cross-example leak would be orders of magnitude larger.
+            let (b, s) = (batched[3 * e + c], single[c]);
+            assert!((b - s).abs() < 5e-5, "example {e}, label {c}: {b} vs {s}");
         }
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod bench;
 pub mod checkpoint;
+mod direct;
 pub mod engine;
 pub mod fisher_file;
 pub mod methods;

@@ -5,11 +5,11 @@
 use anyhow::{anyhow, bail, Context, Result};
 use safetensors::tensor::Dtype;
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::checkpoint::dtype_width;
+use crate::direct::OutputFile;
 
 /// One tensor the output will hold.
 #[derive(Debug, Clone)]
@@ -28,7 +28,7 @@ impl TensorSpec {
 /// A safetensors file written header-first; tensors must arrive in `specs` order.
 pub struct StreamWriter {
     path: PathBuf,
-    out: BufWriter<File>,
+    out: OutputFile,
     specs: Vec<TensorSpec>,
     next: usize,
     sync: bool,
@@ -43,8 +43,8 @@ impl StreamWriter {
         sync: bool,
     ) -> Result<Self> {
         let header = header_bytes(&specs, metadata)?;
-        let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
-        let mut out = BufWriter::with_capacity(8 << 20, file);
+        let mut out =
+            OutputFile::create(path).with_context(|| format!("creating {}", path.display()))?;
         out.write_all(&(header.len() as u64).to_le_bytes())
             .and_then(|_| out.write_all(&header))
             .with_context(|| format!("writing {}", path.display()))?;
@@ -91,8 +91,8 @@ impl StreamWriter {
         }
         let file = self
             .out
-            .into_inner()
-            .map_err(|e| anyhow!("writing {}: {}", self.path.display(), e.error()))?;
+            .finish()
+            .with_context(|| format!("writing {}", self.path.display()))?;
         if self.sync {
             file.sync_all()
                 .with_context(|| format!("syncing {}", self.path.display()))?;

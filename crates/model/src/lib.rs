@@ -19,12 +19,15 @@
 //! from [`LogProbModel::target_logprobs`] and read gradients with
 //! [`ParamAccess::gradients`].
 
+mod linear;
+
 use std::path::Path;
 
 use anyhow::{bail, ensure, Context, Result};
 pub use burn;
 use burn::module::Param;
 use burn::tensor::{DType, Device, Element, Gradients, Int, Tensor, TensorData};
+pub use linear::{linear, matmul_transposed};
 
 /// One training/scoring example: token ids in, token ids out. For a classifier the target
 /// is the single class id.

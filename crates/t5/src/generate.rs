@@ -51,25 +51,38 @@ impl Default for GenerateOptions {
     }
 }
 
-/// Run one decoder step for `tokens` (one per row) and return the log-softmax per row,
-/// with EOS forbidden (HF's min-length processor sets its log-probability to -inf) while
-/// `forbid_eos`.
-fn step_logprobs(
+/// What a decoder step returns per row.
+#[derive(Clone, Copy, PartialEq)]
+enum StepScores {
+    /// Raw logits: greedy decoding takes their argmax, as HF does (and skips a
+    /// vocabulary-wide log-softmax per step).
+    Logits,
+    /// Log-softmax: beam search adds them up.
+    LogProbs,
+}
+
+/// Run one decoder step for `tokens` (one per row) and return the scores per row, with
+/// EOS forbidden (HF's min-length processor sets its score to -inf) while `forbid_eos`.
+fn step_scores(
     model: &T5,
     cache: &mut crate::model::DecoderCache,
     tokens: &[u32],
     forbid_eos: bool,
+    kind: StepScores,
 ) -> Vec<Vec<f32>> {
     let device = model.device();
     let ids: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
     let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [tokens.len(), 1]), &device);
     let logits = model.decode(cache, ids);
     let [rows, _, vocab] = logits.dims();
-    let log_probs: Vec<f32> = log_softmax(logits.reshape([rows, vocab]), 1)
-        .try_into_vec_as::<f32>()
-        .expect("f32 readback");
+    let logits = logits.reshape([rows, vocab]);
+    let scores = match kind {
+        StepScores::Logits => logits,
+        StepScores::LogProbs => log_softmax(logits, 1),
+    };
+    let scores: Vec<f32> = scores.try_into_vec_as::<f32>().expect("f32 readback");
     let eos = model.config().eos_token_id as usize;
-    log_probs
+    scores
         .chunks(vocab)
         .map(|row| {
             let mut row = row.to_vec();
@@ -118,7 +131,8 @@ fn greedy(model: &T5, inputs: &[Vec<u32>], options: &GenerateOptions) -> Result<
     let mut finished = vec![false; inputs.len()];
     let mut last = vec![config.decoder_start_token_id; inputs.len()];
     for step in 0..options.max_new_tokens {
-        let rows = step_logprobs(model, &mut cache, &last, step < options.min_new_tokens);
+        let forbid_eos = step < options.min_new_tokens;
+        let rows = step_scores(model, &mut cache, &last, forbid_eos, StepScores::Logits);
         for (i, row) in rows.iter().enumerate() {
             // Finished rows keep decoding padding (as HF does) but nothing is recorded.
             let token = if finished[i] {
@@ -189,7 +203,8 @@ fn beam_search(
         .collect();
     let mut last = vec![config.decoder_start_token_id; inputs.len() * k];
     for step in 0..options.max_new_tokens {
-        let log_probs = step_logprobs(model, &mut cache, &last, step < options.min_new_tokens);
+        let forbid_eos = step < options.min_new_tokens;
+        let log_probs = step_scores(model, &mut cache, &last, forbid_eos, StepScores::LogProbs);
         let mut next_rows = Vec::with_capacity(inputs.len() * k);
         let mut next_beams = Vec::with_capacity(inputs.len() * k);
         let mut next_scores = Vec::with_capacity(inputs.len() * k);

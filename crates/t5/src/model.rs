@@ -85,9 +85,7 @@ fn linear(x: Tensor<3>, weight: &Param<Tensor<2>>) -> Tensor<3> {
     let [batch, len, d_in] = x.dims();
     let weight = weight.val();
     let d_out = weight.dims()[0];
-    x.reshape([batch * len, d_in])
-        .matmul(weight.transpose())
-        .reshape([batch, len, d_out])
+    fisherkit_model::linear(x.reshape([batch * len, d_in]), weight).reshape([batch, len, d_out])
 }
 
 /// T5LayerNorm: `w * x / sqrt(mean(x^2) + eps)`, no mean subtraction, no bias.
