@@ -154,7 +154,17 @@ mod tests {
     #[test]
     fn writes_exactly_the_bytes_given() {
         let dir = tempfile::tempdir().unwrap();
-        for len in [0, 1, ALIGN - 1, ALIGN, ALIGN + 1, CHUNK - 3, CHUNK, CHUNK + 5000, 2 * CHUNK + 1] {
+        for len in [
+            0,
+            1,
+            ALIGN - 1,
+            ALIGN,
+            ALIGN + 1,
+            CHUNK - 3,
+            CHUNK,
+            CHUNK + 5000,
+            2 * CHUNK + 1,
+        ] {
             let data: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
             let path = dir.path().join(format!("out-{len}"));
             let mut out = OutputFile::create(&path).unwrap();
