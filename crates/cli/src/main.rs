@@ -6,6 +6,23 @@ use clap::{Parser, Subcommand};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// mimalloc v3's `mi_option_purge_delay` (position in the `mi_option_e` enum of
+/// mimalloc.h; libmimalloc-sys names no constant for it).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Training, Fisher gradients and decoding free and allocate the same large tensors every
+/// step. By default mimalloc hands freed memory back to the OS after a second, and each
+/// new tensor then faults in fresh pages the kernel must zero: 27 % of a t5-small training
+/// step was the kernel zeroing pages. Keeping freed memory gave +8–17 % training tokens/s
+/// and +8 % per-example gradients/s for ≈ 200 MB more peak RSS. `MIMALLOC_PURGE_DELAY`
+/// in the environment still wins.
+fn keep_freed_memory() {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: sets an integer allocator option; mimalloc allows it at any time.
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+    }
+}
+
 mod bench;
 mod c4;
 mod experiment;
@@ -64,6 +81,7 @@ enum Command {
 }
 
 fn main() {
+    keep_freed_memory();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("FISHERKIT_LOG")
@@ -94,5 +112,24 @@ fn main() {
         // `{:#}` prints the whole context chain on one line: file, line, field, cause.
         eprintln!("error: {err:#}");
         std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The hand-written option index must name `purge_delay`: its default in the bundled
+    /// mimalloc v3 (src/options.c) is 1000 ms, unlike the options around it
+    /// (`use_numa_nodes` 0 after it, a deprecated flag 1 before it).
+    #[test]
+    fn purge_delay_option_index_matches_mimalloc() {
+        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+            return;
+        }
+        let get = |option| unsafe { libmimalloc_sys::mi_option_get(option) };
+        assert_eq!(get(MI_OPTION_PURGE_DELAY - 1), 1);
+        assert_eq!(get(MI_OPTION_PURGE_DELAY), 1000);
+        assert_eq!(get(MI_OPTION_PURGE_DELAY + 1), 0);
     }
 }
