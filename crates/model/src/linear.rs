@@ -374,6 +374,49 @@ mod tests {
         }
     }
 
+    /// `matmul_transposed` takes the widest kernel the CPU has; the narrower ones (other
+    /// CPUs) are checked here directly, block by block, against the same f64 reference.
+    #[test]
+    fn every_kernel_width_this_cpu_can_run_agrees() {
+        let (rows, n, k) = (8, 37, 53);
+        let x = values(rows * k, 7);
+        let w = values(n * k, 8);
+        let want = reference(&x, rows, &w, n, k);
+        let mut kernels: Vec<(&str, fn(&[f32], usize, &[f32], usize, &mut [f32]))> =
+            vec![("scalar", |x, rows, w, k, out| unsafe {
+                dot_block_generic::<f32>(x, rows, w, k, out)
+            })];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                kernels.push(("avx2", |x, rows, w, k, out| unsafe {
+                    x86::dot_block_avx2(x, rows, w, k, out)
+                }));
+            }
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                kernels.push(("avx512", |x, rows, w, k, out| unsafe {
+                    x86::dot_block_avx512(x, rows, w, k, out)
+                }));
+            }
+        }
+        for (name, kernel) in kernels {
+            // Block layout: out[j * rows + i].
+            let mut out = vec![0.0f32; n * rows];
+            kernel(&x, rows, &w, k, &mut out);
+            for i in 0..rows {
+                for j in 0..n {
+                    let (g, e) = (out[j * rows + i] as f64, want[i * n + j]);
+                    assert!(
+                        (g - e).abs() < 1e-5 * (1.0 + e.abs()),
+                        "{name} ({i}, {j}): {g} vs {e}"
+                    );
+                }
+            }
+        }
+    }
+
     /// Tracked tensors keep the backend's matmul, which has a backward pass.
     #[test]
     fn autodiff_tensors_take_the_backend_path() {
