@@ -382,10 +382,10 @@ mod tests {
         let x = values(rows * k, 7);
         let w = values(n * k, 8);
         let want = reference(&x, rows, &w, n, k);
-        let mut kernels: Vec<(&str, fn(&[f32], usize, &[f32], usize, &mut [f32]))> =
-            vec![("scalar", |x, rows, w, k, out| unsafe {
-                dot_block_generic::<f32>(x, rows, w, k, out)
-            })];
+        type Kernel = fn(&[f32], usize, &[f32], usize, &mut [f32]);
+        let mut kernels: Vec<(&str, Kernel)> = vec![("scalar", |x, rows, w, k, out| unsafe {
+            dot_block_generic::<f32>(x, rows, w, k, out)
+        })];
         #[cfg(target_arch = "x86_64")]
         {
             if std::arch::is_x86_feature_detected!("avx2")
