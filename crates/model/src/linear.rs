@@ -126,9 +126,21 @@ trait Lanes: Copy {
     /// `self * b + acc`, fused.
     unsafe fn mul_add(self, b: Self, acc: Self) -> Self;
     unsafe fn sum(self) -> f32;
-    /// Hints that `values[0]` will be read soon (a no-op where there is no instruction).
-    #[inline(always)]
-    unsafe fn prefetch(_values: &[f32]) {}
+}
+
+/// Hints that `values[0]` will be read soon; independent of the register width (SSE's
+/// prefetch is part of every x86-64 CPU; elsewhere a no-op).
+#[inline(always)]
+fn prefetch(values: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is only a hint; it never faults, whatever the address.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+            values.as_ptr().cast(),
+        )
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = values;
 }
 
 impl Lanes for f32 {
@@ -179,10 +191,6 @@ mod x86 {
         unsafe fn sum(self) -> f32 {
             _mm512_reduce_add_ps(self.0)
         }
-        #[inline(always)]
-        unsafe fn prefetch(values: &[f32]) {
-            _mm_prefetch::<_MM_HINT_T0>(values.as_ptr().cast());
-        }
     }
 
     #[derive(Clone, Copy)]
@@ -211,10 +219,6 @@ mod x86 {
             );
             let quarter = _mm_add_ps(half, _mm_movehl_ps(half, half));
             _mm_cvtss_f32(_mm_add_ss(quarter, _mm_shuffle_ps(quarter, quarter, 1)))
-        }
-        #[inline(always)]
-        unsafe fn prefetch(values: &[f32]) {
-            _mm_prefetch::<_MM_HINT_T0>(values.as_ptr().cast());
         }
     }
 
@@ -303,7 +307,7 @@ unsafe fn tile<L: Lanes, const WR: usize>(
         let xs: [L; X_TILE] = std::array::from_fn(|r| unsafe { L::load(&x[r][p..]) });
         for c in 0..WR {
             if p < w_ahead[c].len() {
-                unsafe { L::prefetch(&w_ahead[c][p..]) };
+                prefetch(&w_ahead[c][p..]);
             }
             let wv = unsafe { L::load(&w[c][p..]) };
             for r in 0..X_TILE {
