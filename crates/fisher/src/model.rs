@@ -3,7 +3,7 @@
 use crate::{GradientModel, ParamSpec, Pick};
 use anyhow::{ensure, Context, Result};
 use fisherkit_model::burn::tensor::{Tensor, TensorData};
-use fisherkit_model::{Example, LogProbModel, ParamAccess};
+use fisherkit_model::{Example, ExampleBackprop, LogProbModel, ParamAccess};
 
 /// The output distribution a Fisher is taken over.
 #[derive(Debug, Clone)]
@@ -32,10 +32,22 @@ pub struct ModelGradients<'a, M> {
     model: &'a M,
     outputs: Outputs,
     params: Vec<ParamSpec>,
+    /// The model's own backward pass, when it has one ([`LogProbModel::example_backprop`]);
+    /// otherwise gradients come from burn's autodiff.
+    backprop: Option<Box<dyn ExampleBackprop>>,
 }
 
 impl<'a, M: LogProbModel> ModelGradients<'a, M> {
+    /// Gradients from the model's own backward pass where it has one, else autodiff.
     pub fn new(model: &'a M, outputs: Outputs) -> Result<Self> {
+        let mut gradients = Self::autodiff(model, outputs)?;
+        gradients.backprop = model.example_backprop();
+        Ok(gradients)
+    }
+
+    /// Gradients from burn's autodiff even where the model has its own backward pass
+    /// (for comparisons).
+    pub fn autodiff(model: &'a M, outputs: Outputs) -> Result<Self> {
         ensure!(
             model.device().is_autodiff(),
             "per-example gradients need the model on an autodiff device"
@@ -62,7 +74,13 @@ impl<'a, M: LogProbModel> ModelGradients<'a, M> {
             model,
             outputs,
             params,
+            backprop: None,
         })
+    }
+
+    /// Whether gradients come from the model's own backward pass.
+    pub fn uses_backprop(&self) -> bool {
+        self.backprop.is_some()
     }
 
     pub fn outputs(&self) -> &Outputs {
@@ -111,6 +129,61 @@ pub fn label_log_probs<M: LogProbModel + ?Sized>(
     let max = scores.clone().max_dim(1).detach();
     let lse = (scores.clone() - max.clone()).exp().sum_dim(1).log() + max;
     Ok(scores - lse)
+}
+
+/// [`GradientModel::grad`] through a model's own backward pass.
+fn backprop_grad(
+    backprop: &dyn ExampleBackprop,
+    outputs: &Outputs,
+    item: &Item,
+    picks: &[Pick],
+) -> Result<Vec<f32>> {
+    let input = &item.example.input_ids;
+    match outputs {
+        Outputs::Tokens => backprop.gradient(
+            input,
+            std::slice::from_ref(&item.example.target_ids),
+            &mut |_| Ok(vec![picks.iter().map(|&(t, c)| (t, c, 1.0)).collect()]),
+        ),
+        Outputs::Labels { targets, .. } => backprop.gradient(input, targets, &mut |rows| {
+            // log p(label k) = S_k − logsumexp(S), S_k = Σ_t log p(target_k,t). The
+            // objective Σ_k m_k log p(k) has dS_k = m_k − (Σ m) softmax(S)_k, and each
+            // S_k is a sum of token log-probabilities of label k's sequence.
+            let mut counts = vec![0f32; targets.len()];
+            for &(t, c) in picks {
+                ensure!(t == 0 && c < targets.len(), "class ({t}, {c}) out of range");
+                counts[c] += 1.0;
+            }
+            let vocab = rows[0].len() / targets[0].len();
+            let scores: Vec<f64> = targets
+                .iter()
+                .zip(rows)
+                .map(|(target, row)| {
+                    target
+                        .iter()
+                        .enumerate()
+                        .map(|(t, &id)| f64::from(row[t * vocab + id as usize]))
+                        .sum()
+                })
+                .collect();
+            let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let sum: f64 = scores.iter().map(|s| (s - max).exp()).sum();
+            let total: f32 = counts.iter().sum();
+            Ok(targets
+                .iter()
+                .zip(&scores)
+                .zip(&counts)
+                .map(|((target, score), &count)| {
+                    let weight = count - total * ((score - max).exp() / sum) as f32;
+                    target
+                        .iter()
+                        .enumerate()
+                        .map(|(t, &id)| (t, id as usize, weight))
+                        .collect()
+                })
+                .collect())
+        }),
+    }
 }
 
 pub(crate) fn to_vec<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
@@ -162,6 +235,9 @@ impl<M: LogProbModel> GradientModel for ModelGradients<'_, M> {
     }
 
     fn grad(&self, item: &Item, picks: &[Pick]) -> Result<Vec<f32>> {
+        if let Some(backprop) = &self.backprop {
+            return backprop_grad(backprop.as_ref(), &self.outputs, item, picks);
+        }
         let lp = self.forward(item)?;
         let [positions, classes] = lp.dims();
         // Σ over picks as a weighted sum with a count mask (one backward pass).

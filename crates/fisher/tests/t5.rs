@@ -152,3 +152,32 @@ fn per_example_gradients_match_f64_finite_differences() {
         "finite differences {numeric} vs autodiff {analytic}"
     );
 }
+
+/// The model's own backward pass (used by default on f32 CPU models) against burn's
+/// autodiff, for label outputs (the label-softmax weighting is applied on top of the
+/// token log-probabilities) and token outputs, with repeated and several picks.
+#[test]
+fn backprop_gradients_equal_autodiff_for_labels_and_tokens() {
+    let model = load(&Device::flex().autodiff());
+    let tokens = Outputs::Tokens;
+    for (outputs, picks) in [
+        (outputs(), vec![(0, 1)]),
+        (outputs(), vec![(0, 0), (0, 2), (0, 2)]),
+        (tokens, vec![(0, 9), (1, 7), (2, 1), (1, 3)]),
+    ] {
+        let fast = ModelGradients::new(&model, outputs.clone()).unwrap();
+        let slow = ModelGradients::autodiff(&model, outputs).unwrap();
+        assert!(fast.uses_backprop() && !slow.uses_backprop());
+        let item = example(&[4, 8, 15, 16, 23, 42, 1], 1);
+        let got = fast.grad(&item, &picks).unwrap();
+        let want = slow.grad(&item, &picks).unwrap();
+        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+        assert!(scale > 0.0);
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                (g - w).abs() <= 1e-4 * scale,
+                "picks {picks:?} [{i}]: backprop {g} vs autodiff {w}"
+            );
+        }
+    }
+}

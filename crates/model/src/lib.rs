@@ -27,7 +27,7 @@ use anyhow::{bail, ensure, Context, Result};
 pub use burn;
 use burn::module::Param;
 use burn::tensor::{DType, Device, Element, Gradients, Int, Tensor, TensorData};
-pub use linear::{linear, matmul_transposed};
+pub use linear::{linear, matmul_transposed, FEW_ROWS};
 
 /// One training/scoring example: token ids in, token ids out. For a classifier the target
 /// is the single class id.
@@ -218,6 +218,28 @@ pub trait LogProbModel {
 
     /// Write the model in its native checkpoint layout (atomically) into `dir`.
     fn save(&self, dir: &Path) -> Result<()>;
+
+    /// The architecture's own per-example backward pass, when it has one for the device
+    /// and dtype the model is on; `None` means gradients come from burn's autodiff.
+    fn example_backprop(&self) -> Option<Box<dyn ExampleBackprop>> {
+        None
+    }
+}
+
+/// A hand-written backward pass for ONE example, used instead of the autodiff graph where
+/// it is faster (per-example gradients build, walk and free a whole graph per example).
+pub trait ExampleBackprop: Send + Sync {
+    /// Runs `input` teacher-forced against each of `targets` and hands each target's
+    /// log-softmax rows (`[target_len * output_size]`, row-major) to `weights`, which
+    /// returns, per target, the `(position, class, weight)` terms of the objective
+    /// `Σ weight · log p_position(class)`. Returns the objective's gradient as one flat
+    /// vector in [`ParamAccess::param_specs`] order.
+    fn gradient(
+        &self,
+        input: &[u32],
+        targets: &[Vec<u32>],
+        weights: &mut dyn FnMut(&[Vec<f32>]) -> Result<Vec<Vec<(usize, usize, f32)>>>,
+    ) -> Result<Vec<f32>>;
 }
 
 /// Loading a model of one architecture from its native checkpoint directory.

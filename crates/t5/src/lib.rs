@@ -7,7 +7,9 @@
 //! - [`checkpoint`]: load/save of the HF layout, reference initialisation.
 //! - [`generate`]: greedy and beam search with cached keys/values.
 //! - [`score`]: per-token target log-probabilities.
+//! - [`backprop`]: per-example gradients by a hand-written backward pass (CPU, f32).
 
+pub mod backprop;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
@@ -63,6 +65,10 @@ impl LogProbModel for T5 {
 
     fn save(&self, dir: &Path) -> Result<()> {
         checkpoint::save(self, dir, None, true).map(|_| ())
+    }
+
+    fn example_backprop(&self) -> Option<Box<dyn fisherkit_model::ExampleBackprop>> {
+        backprop::T5Backprop::new(self).map(|b| Box::new(b) as _)
     }
 }
 
