@@ -3,7 +3,9 @@
 //! second for a 2-label classification.
 
 use crate::model::{Item, ModelGradients, Outputs};
-use crate::{example_classes, top_k_diagonal, ClassSelection, GradientModel};
+use crate::{
+    example_classes, example_diagonal_given, top_k_diagonal, ClassSelection, GradientModel, Mode,
+};
 use anyhow::Result;
 use fisherkit_model::burn::tensor::Device;
 use fisherkit_model::{Example, LogProbModel};
@@ -28,6 +30,8 @@ pub struct BenchReport {
     pub target_len: usize,
     pub examples: usize,
     pub gradients_per_second: f64,
+    /// The same through burn's autodiff, when the model has its own backward pass.
+    pub autodiff_gradients_per_second: Option<f64>,
     pub diagonal_pefs_per_second: f64,
 }
 
@@ -55,18 +59,40 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
         })
         .collect();
 
-    // Per-example gradients of the target's log-likelihood (what the sampled and
-    // empirical Fishers need per example).
+    // Squared per-example gradients of the target's log-likelihood, as the empirical
+    // dataset Fisher computes them (the peer squares its gradients too): through the
+    // model's own backward pass, then through autodiff.
+    let per_second = |model: &ModelGradients<_>| -> Result<f64> {
+        let squared = |(index, item): (usize, &Item)| {
+            let selection = ClassSelection::all();
+            example_diagonal_given(
+                model,
+                item,
+                None,
+                index as u64,
+                Mode::Empirical,
+                &selection,
+                0,
+            )
+        };
+        squared((0, &items[0]))?;
+        let start = Instant::now();
+        for pair in items.iter().enumerate() {
+            std::hint::black_box(squared(pair)?);
+        }
+        Ok(items.len() as f64 / start.elapsed().as_secs_f64())
+    };
     let tokens_model = ModelGradients::new(&model, Outputs::Tokens)?;
     let parameters = crate::param_count(tokens_model.params());
-    let warm = tokens_model.observed(&items[0])?;
-    tokens_model.grad(&items[0], &warm)?;
-    let start = Instant::now();
-    for item in &items {
-        let picks = tokens_model.observed(item)?;
-        std::hint::black_box(tokens_model.grad(item, &picks)?);
-    }
-    let gradients_per_second = items.len() as f64 / start.elapsed().as_secs_f64();
+    let gradients_per_second = per_second(&tokens_model)?;
+    let autodiff_gradients_per_second = if tokens_model.uses_backprop() {
+        Some(per_second(&ModelGradients::autodiff(
+            &model,
+            Outputs::Tokens,
+        )?)?)
+    } else {
+        None
+    };
 
     // Diagonal PEFs of a 2-label classification (two backward passes per example).
     let labels = Outputs::Labels {
@@ -87,6 +113,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
         target_len: opts.target_len,
         examples: opts.examples,
         gradients_per_second,
+        autodiff_gradients_per_second,
         diagonal_pefs_per_second,
     })
 }

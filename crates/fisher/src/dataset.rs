@@ -4,6 +4,7 @@ use crate::select::{example_seed, sample_classes};
 use crate::{example_classes_given, ClassSelection, GradientModel};
 use anyhow::{bail, Context, Result};
 use rand::SeedableRng;
+use rayon::prelude::*;
 use std::fmt;
 use std::str::FromStr;
 
@@ -92,11 +93,21 @@ pub fn example_diagonal_given<M: GradientModel>(
             sample_classes(&log_probs, &mut rng)
         }
     };
-    let grad = model.grad(example, &picks)?;
-    if grad.iter().any(|g| !g.is_finite()) {
-        return Ok(None);
-    }
-    Ok(Some(grad.into_iter().map(|g| g * g).collect()))
+    Ok(square_if_finite(model.grad(example, &picks)?))
+}
+
+/// The squared gradient, or `None` if any entry is not finite. In place and on all cores:
+/// at tens of millions of parameters this pass is memory-bound.
+fn square_if_finite(mut grad: Vec<f32>) -> Option<Vec<f32>> {
+    grad.par_chunks_mut(1 << 16)
+        .all(|chunk| {
+            chunk.iter_mut().fold(true, |finite, g| {
+                let ok = g.is_finite();
+                *g *= *g;
+                finite && ok
+            })
+        })
+        .then_some(grad)
 }
 
 /// A running sum of per-example diagonal Fishers (f64, so long runs do not lose
@@ -124,9 +135,12 @@ impl DatasetFisher {
         match diagonal {
             Some(d) => {
                 debug_assert_eq!(d.len(), self.sum.len());
-                for (s, &v) in self.sum.iter_mut().zip(d) {
-                    *s += f64::from(v);
-                }
+                self.sum
+                    .par_chunks_mut(1 << 16)
+                    .zip(d.par_chunks(1 << 16))
+                    .for_each(|(sum, d)| {
+                        sum.iter_mut().zip(d).for_each(|(s, &v)| *s += f64::from(v));
+                    });
                 self.examples += 1;
             }
             None => self.skipped_nonfinite += 1,

@@ -2,6 +2,7 @@
 
 use crate::{ClassSelection, GradientModel, Pick};
 use anyhow::{ensure, Result};
+use rayon::prelude::*;
 
 /// The gradient of log p(class | x) for one kept class.
 #[derive(Debug, Clone)]
@@ -67,6 +68,7 @@ impl ExampleFisher {
     pub fn diagonal(&self) -> Vec<f32> {
         let n = self.classes.first().map_or(0, |c| c.grad.len());
         (0..n)
+            .into_par_iter()
             .map(|i| {
                 self.classes
                     .iter()

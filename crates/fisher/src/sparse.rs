@@ -1,6 +1,7 @@
 //! Top-k sparsification of per-example Fishers, with the dense norms recorded first.
 
 use anyhow::{ensure, Result};
+use rayon::prelude::*;
 
 /// A diagonal PEF reduced to its k largest values.
 #[derive(Debug, Clone, PartialEq)]
@@ -21,31 +22,57 @@ pub struct SparseLowRank {
     pub dense_norm: f64,
 }
 
-/// The positions (in flat order) of the `k` entries of largest magnitude. Ties at the
-/// threshold go to the lower positions, so the result is deterministic.
+/// The positions (in flat order over the concatenated `parts`) of the `k` entries of
+/// largest magnitude. Ties at the threshold go to the lower positions, so the result is
+/// deterministic.
 ///
-/// One pass with a min-heap of the best `k` so far, keyed by (|v|, lower position
-/// first): most entries of a long vector are rejected by one comparison with the heap's
-/// minimum, and no copy of the vector is made.
-fn top_k_positions<'a>(values: impl Iterator<Item = &'a f32>, k: usize) -> Vec<usize> {
+/// The vector is cut into one piece per core (two per core, for balance); each piece
+/// keeps its best `k` in a min-heap keyed by (|v|, lower position first), where most
+/// entries are rejected by one comparison with the heap's minimum, and the pieces'
+/// candidates are merged by the same key. No copy of the vector is made.
+fn top_k_positions(parts: &[&[f32]], k: usize) -> Vec<usize> {
+    use rayon::prelude::*;
     use std::cmp::Reverse;
     use std::collections::BinaryHeap;
     if k == 0 {
         return Vec::new();
     }
     // For non-negative floats the bit pattern orders like the value (as total_cmp).
-    let key = |i: usize, v: f32| (v.abs().to_bits(), Reverse(i));
-    let mut heap: BinaryHeap<Reverse<(u32, Reverse<usize>)>> = BinaryHeap::with_capacity(k);
-    for (i, &v) in values.enumerate() {
-        let candidate = key(i, v);
-        if heap.len() < k {
-            heap.push(Reverse(candidate));
-        } else if heap.peek().is_some_and(|Reverse(min)| candidate > *min) {
-            heap.pop();
-            heap.push(Reverse(candidate));
+    type Key = (u32, Reverse<usize>);
+    let key = |i: usize, v: f32| -> Key { (v.abs().to_bits(), Reverse(i)) };
+    let total: usize = parts.iter().map(|p| p.len()).sum();
+    let piece = total
+        .div_ceil(2 * rayon::current_num_threads())
+        .max(1 << 16);
+    let mut pieces: Vec<(usize, &[f32])> = Vec::new();
+    let mut offset = 0;
+    for part in parts {
+        for (i, chunk) in part.chunks(piece).enumerate() {
+            pieces.push((offset + i * piece, chunk));
         }
+        offset += part.len();
     }
-    let mut positions: Vec<usize> = heap.into_iter().map(|Reverse((_, Reverse(i)))| i).collect();
+    let mut candidates: Vec<Key> = pieces
+        .par_iter()
+        .flat_map_iter(|&(start, values)| {
+            let mut heap: BinaryHeap<Reverse<Key>> = BinaryHeap::with_capacity(k.min(values.len()));
+            for (i, &v) in values.iter().enumerate() {
+                let candidate = key(start + i, v);
+                if heap.len() < k {
+                    heap.push(Reverse(candidate));
+                } else if heap.peek().is_some_and(|Reverse(min)| candidate > *min) {
+                    heap.pop();
+                    heap.push(Reverse(candidate));
+                }
+            }
+            heap.into_iter().map(|Reverse(c)| c)
+        })
+        .collect();
+    if candidates.len() > k {
+        candidates.select_nth_unstable_by(k - 1, |a, b| b.cmp(a));
+        candidates.truncate(k);
+    }
+    let mut positions: Vec<usize> = candidates.into_iter().map(|(_, Reverse(i))| i).collect();
     positions.sort_unstable();
     positions
 }
@@ -67,11 +94,11 @@ fn check_k(k: usize, num_params: usize) -> Result<()> {
 pub fn top_k_diagonal(dense: &[f32], k: usize) -> Result<SparseDiagonal> {
     check_k(k, dense.len())?;
     let dense_norm = dense
-        .iter()
+        .par_iter()
         .map(|&v| f64::from(v) * f64::from(v))
         .sum::<f64>()
         .sqrt();
-    let positions = top_k_positions(dense.iter(), k);
+    let positions = top_k_positions(&[dense], k);
     Ok(SparseDiagonal {
         values: positions.iter().map(|&i| dense[i]).collect(),
         indices: positions.into_iter().map(|i| i as u32).collect(),
@@ -106,7 +133,8 @@ pub fn top_k_low_rank(columns: &[Vec<f32>], k: usize) -> Result<SparseLowRank> {
     );
     check_k(k, rows)?;
     let dense_norm = gram_frobenius_norm(columns);
-    let positions = top_k_positions(columns.iter().flatten(), k);
+    let parts: Vec<&[f32]> = columns.iter().map(Vec::as_slice).collect();
+    let positions = top_k_positions(&parts, k);
     let mut out: Vec<(Vec<u32>, Vec<f32>)> = vec![(Vec::new(), Vec::new()); columns.len()];
     // Flat positions are column-major over A, so rows come out ascending per column.
     for p in positions {
@@ -170,6 +198,22 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("larger than the model's parameter count"));
+    }
+
+    /// Long enough to be cut into several pieces (and columns that straddle pieces), with
+    /// k below, near and above a piece's length; ties are everywhere.
+    #[test]
+    fn top_k_across_pieces_equals_brute_force() {
+        let flat = pseudo_random(300_007, 5);
+        for k in [1, 977, 70_000, 300_007] {
+            assert_eq!(top_k_positions(&[&flat], k), brute(&flat, k), "k {k}");
+            let (a, b) = flat.split_at(123_457);
+            assert_eq!(
+                top_k_positions(&[a, b], k),
+                brute(&flat, k),
+                "two parts, k {k}"
+            );
+        }
     }
 
     #[test]
