@@ -226,6 +226,12 @@ pub trait LogProbModel {
     }
 }
 
+/// `(position, class, weight)` terms of an objective `Σ weight · log p_position(class)`.
+pub type WeightedClasses = Vec<(usize, usize, f32)>;
+
+/// Chooses, from each target's log-softmax rows, the objective's terms per target.
+pub type ChooseClasses<'a> = dyn FnMut(&[&[f32]]) -> Result<Vec<WeightedClasses>> + 'a;
+
 /// A hand-written backward pass for ONE example, used instead of the autodiff graph where
 /// it is faster (per-example gradients build, walk and free a whole graph per example).
 pub trait ExampleBackprop: Send + Sync {
@@ -238,7 +244,7 @@ pub trait ExampleBackprop: Send + Sync {
         &self,
         input: &[u32],
         targets: &[Vec<u32>],
-        weights: &mut dyn FnMut(&[Vec<f32>]) -> Result<Vec<Vec<(usize, usize, f32)>>>,
+        weights: &mut ChooseClasses<'_>,
     ) -> Result<Vec<f32>>;
 }
 

@@ -15,8 +15,10 @@
 
 use anyhow::{ensure, Context, Result};
 use fisherkit_model::burn::backend::flex::{Flex, FlexTensor};
-use fisherkit_model::burn::tensor::DType;
-use fisherkit_model::{matmul_transposed, ExampleBackprop, ParamAccess, ParamRef, FEW_ROWS};
+use fisherkit_model::burn::tensor::{DType, Tensor};
+use fisherkit_model::{
+    matmul_transposed, ChooseClasses, ExampleBackprop, ParamAccess, ParamRef, FEW_ROWS,
+};
 use rayon::prelude::*;
 use std::collections::HashMap;
 
@@ -114,20 +116,9 @@ impl T5Backprop {
             model.named_params().into_iter().zip(&specs).enumerate()
         {
             let tensor = match param {
-                ParamRef::Vector(p) => {
-                    let t = p.val();
-                    (t.dtype() == DType::F32).then_some(())?;
-                    t.inner().try_into_primitive::<Flex>().ok()?
-                }
-                ParamRef::Matrix(p) => {
-                    let t = p.val();
-                    (t.dtype() == DType::F32).then_some(())?;
-                    t.inner().try_into_primitive::<Flex>().ok()?
-                }
+                ParamRef::Vector(p) => cpu_f32(p.val())?,
+                ParamRef::Matrix(p) => cpu_f32(p.val())?,
             };
-            if !tensor.layout().is_contiguous() {
-                return None;
-            }
             let (rows, cols) = match spec.shape[..] {
                 [n] => (1, n),
                 [r, c] => (r, c),
@@ -206,6 +197,15 @@ impl T5Backprop {
         })
         .filter(|_| weights.is_empty())
     }
+}
+
+/// The CPU backend's tensor behind a contiguous f32 parameter, shared (not copied).
+fn cpu_f32<const D: usize>(t: Tensor<D>) -> Option<FlexTensor> {
+    if t.dtype() != DType::F32 {
+        return None;
+    }
+    let tensor = t.inner().try_into_primitive::<Flex>().ok()?;
+    tensor.layout().is_contiguous().then_some(tensor)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -388,6 +388,12 @@ struct Norm {
     output: Vec<f32>,
 }
 
+impl Norm {
+    fn rows(&self) -> usize {
+        self.inv_rms.len()
+    }
+}
+
 fn norm_forward(x: Vec<f32>, w: &Weight, eps: f64) -> Norm {
     let d = w.cols;
     let weight = w.values();
@@ -487,15 +493,16 @@ struct FeedForward {
 struct Attention {
     norm: Norm,
     q: Vec<f32>,
-    /// Keys/values of a self-attention (cross-attention keeps them in [`CrossKeys`]).
+    /// Keys/values of a self-attention (cross-attention keeps them in [`KeyValues`]).
     kv: Option<(Vec<f32>, Vec<f32>)>,
     /// Attention weights per head, `[queries, keys]` each.
     probs: Vec<Vec<f32>>,
     context: Vec<f32>,
 }
 
-/// Cross-attention keys and values of one decoder layer, from the encoder output.
-struct CrossKeys {
+/// Cross-attention keys and values of one decoder layer, from the encoder output (or
+/// their gradients).
+struct KeyValues {
     k: Vec<f32>,
     v: Vec<f32>,
 }
@@ -514,6 +521,8 @@ struct DecoderState {
 /// One target sequence's decoder pass.
 struct DecoderPass {
     decoder_ids: Vec<u32>,
+    /// Position-table bucket of every (query, key) pair.
+    buckets: Vec<usize>,
     layers: Vec<DecoderState>,
     final_norm: Norm,
     /// The (scaled) final hidden states, the input of the output projection.
@@ -726,9 +735,9 @@ impl T5Backprop {
         norm_w: &Weight,
         state: &FeedForward,
         dout: &[f32],
-        rows: usize,
         grad: &mut Gradient,
     ) -> Vec<f32> {
+        let rows = state.norm.rows();
         let act = self.activation;
         let x = &state.norm.output;
         let d = self.config.d_model;
@@ -773,7 +782,7 @@ impl T5Backprop {
         x: &[f32],
         rows: usize,
         bias: Option<&[f32]>,
-        cross: Option<&CrossKeys>,
+        cross: Option<&KeyValues>,
     ) -> (Attention, Vec<f32>) {
         let norm = norm_forward(x.to_vec(), norm_w, self.config.layer_norm_epsilon);
         let q = linear(&norm.output, rows, &w.q);
@@ -816,10 +825,10 @@ impl T5Backprop {
         norm_w: &Weight,
         state: &Attention,
         dout: &[f32],
-        rows: usize,
-        cross: Option<(&CrossKeys, &mut (Vec<f32>, Vec<f32>))>,
+        cross: Option<(&KeyValues, &mut KeyValues)>,
         grad: &mut Gradient,
     ) -> (Vec<f32>, Vec<Vec<f32>>) {
+        let rows = state.norm.rows();
         let inner = self.config.inner_dim();
         grad.linear(&w.o, &state.context, dout, rows);
         let mut dcontext = vec![0.0; rows * inner];
@@ -836,9 +845,9 @@ impl T5Backprop {
         grad.linear(&w.q, x, &dq, rows);
         linear_input_grad(&dq, rows, &w.q, &mut dnorm, false);
         match cross {
-            Some((_, (dk_total, dv_total))) => {
-                add_into(dk_total, &dk);
-                add_into(dv_total, &dv);
+            Some((_, total)) => {
+                add_into(&mut total.k, &dk);
+                add_into(&mut total.v, &dv);
             }
             None => {
                 grad.linear(&w.k, x, &dk, rows);
@@ -868,128 +877,304 @@ impl T5Backprop {
     }
 }
 
-impl ExampleBackprop for T5Backprop {
-    fn gradient(
-        &self,
-        input: &[u32],
-        targets: &[Vec<u32>],
-        weights: &mut dyn FnMut(&[Vec<f32>]) -> Result<Vec<Vec<(usize, usize, f32)>>>,
-    ) -> Result<Vec<f32>> {
-        let config = &self.config;
-        let (d, vocab) = (config.d_model, config.vocab_size);
-        let inner = config.inner_dim();
-        ensure!(
-            !input.is_empty(),
-            "empty input: at least one token is needed"
-        );
-        for ids in std::iter::once(input).chain(targets.iter().map(Vec::as_slice)) {
-            ensure!(
-                !ids.is_empty(),
-                "empty target: at least one token is needed"
-            );
-            if let Some(bad) = ids.iter().find(|&&id| id as usize >= vocab) {
-                anyhow::bail!("token id {bad} is outside the vocabulary (vocab_size {vocab})");
-            }
-        }
-        let eps = config.layer_norm_epsilon;
-        let n = input.len();
+/// The encoder's forward state for one input.
+struct EncoderPass {
+    ids: Vec<u32>,
+    buckets: Vec<usize>,
+    layers: Vec<EncoderState>,
+    final_norm: Norm,
+}
 
-        // Encoder.
-        let (encoder_bias, encoder_buckets) =
-            position_bias(config, &self.encoder_table, n, n, false);
+impl T5Backprop {
+    fn check_ids(&self, ids: &[u32], what: &str) -> Result<()> {
+        let vocab = self.config.vocab_size;
+        ensure!(
+            !ids.is_empty(),
+            "empty {what}: at least one token is needed"
+        );
+        if let Some(bad) = ids.iter().find(|&&id| id as usize >= vocab) {
+            anyhow::bail!("{what} token id {bad} is outside the vocabulary (vocab_size {vocab})");
+        }
+        Ok(())
+    }
+
+    fn output_weight(&self) -> &Weight {
+        self.lm_head.as_ref().unwrap_or(&self.shared)
+    }
+
+    /// The `d_model^-½` applied to the decoder output before a tied head, else 1.
+    fn output_scale(&self) -> f32 {
+        if self.config.scales_decoder_output() {
+            (self.config.d_model as f32).powf(-0.5)
+        } else {
+            1.0
+        }
+    }
+
+    fn encode(&self, input: &[u32]) -> EncoderPass {
+        let n = input.len();
+        let (bias, buckets) = position_bias(&self.config, &self.encoder_table, n, n, false);
         let mut x = self.embed(input);
-        let mut encoder_states = Vec::with_capacity(self.encoder.len());
+        let mut layers = Vec::with_capacity(self.encoder.len());
         for layer in &self.encoder {
             let (attention, out) = self.attention(
                 &layer.attention,
                 &layer.attention_norm,
                 &x,
                 n,
-                Some(&encoder_bias),
+                Some(&bias),
                 None,
             );
             add_into(&mut x, &out);
             let (feed_forward, out) =
                 self.feed_forward(&layer.feed_forward, &layer.feed_forward_norm, &x, n);
             add_into(&mut x, &out);
-            encoder_states.push(EncoderState {
+            layers.push(EncoderState {
                 attention,
                 feed_forward,
             });
         }
-        let encoder_final = norm_forward(x, &self.encoder_final_norm, eps);
-        let encoded = &encoder_final.output;
-        let cross_keys: Vec<CrossKeys> = self
+        EncoderPass {
+            ids: input.to_vec(),
+            buckets,
+            layers,
+            final_norm: norm_forward(x, &self.encoder_final_norm, self.config.layer_norm_epsilon),
+        }
+    }
+
+    /// Teacher-forced decoder pass over `target` (shifted right behind the start token).
+    fn decode(&self, target: &[u32], cross_keys: &[KeyValues]) -> DecoderPass {
+        let config = &self.config;
+        let decoder_ids: Vec<u32> = std::iter::once(config.decoder_start_token_id)
+            .chain(target[..target.len() - 1].iter().copied())
+            .collect();
+        let m = decoder_ids.len();
+        let (bias, buckets) = position_bias(config, &self.decoder_table, m, m, true);
+        let mut x = self.embed(&decoder_ids);
+        let mut layers = Vec::with_capacity(self.decoder.len());
+        for (layer, cross) in self.decoder.iter().zip(cross_keys) {
+            let (self_attention, out) = self.attention(
+                &layer.self_attention,
+                &layer.self_norm,
+                &x,
+                m,
+                Some(&bias),
+                None,
+            );
+            add_into(&mut x, &out);
+            let (cross_attention, out) = self.attention(
+                &layer.cross_attention,
+                &layer.cross_norm,
+                &x,
+                m,
+                None,
+                Some(cross),
+            );
+            add_into(&mut x, &out);
+            let (feed_forward, out) =
+                self.feed_forward(&layer.feed_forward, &layer.feed_forward_norm, &x, m);
+            add_into(&mut x, &out);
+            layers.push(DecoderState {
+                self_attention,
+                cross_attention,
+                feed_forward,
+            });
+        }
+        let final_norm = norm_forward(x, &self.decoder_final_norm, config.layer_norm_epsilon);
+        let scale = self.output_scale();
+        let head_input: Vec<f32> = final_norm.output.iter().map(|v| v * scale).collect();
+        let vocab = config.vocab_size;
+        let mut log_softmax = linear(&head_input, m, self.output_weight());
+        log_softmax.par_chunks_mut(vocab).for_each(|row| {
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let log_sum = row.iter().map(|v| (v - max).exp()).sum::<f32>().ln() + max;
+            row.iter_mut().for_each(|v| *v -= log_sum);
+        });
+        DecoderPass {
+            decoder_ids,
+            buckets,
+            layers,
+            final_norm,
+            head_input,
+            log_softmax,
+        }
+    }
+
+    /// Backward through one decoder pass for the objective `Σ w · log p_t(c)` over
+    /// `picks`; cross-attention key/value gradients are added into `dcross`.
+    fn decode_backward(
+        &self,
+        pass: &DecoderPass,
+        picks: &[(usize, usize, f32)],
+        cross_keys: &[KeyValues],
+        dcross: &mut [KeyValues],
+        grad: &mut Gradient,
+    ) -> Result<()> {
+        let (d, vocab) = (self.config.d_model, self.config.vocab_size);
+        let m = pass.decoder_ids.len();
+        // d objective / d logits = w − (Σ_c w_c) p, row by row.
+        let mut dlogits = vec![0.0f32; m * vocab];
+        let mut row_weight = vec![0.0f32; m];
+        for &(t, c, w) in picks {
+            ensure!(t < m && c < vocab, "class ({t}, {c}) out of range");
+            dlogits[t * vocab + c] += w;
+            row_weight[t] += w;
+        }
+        dlogits
+            .par_chunks_mut(vocab)
+            .zip(pass.log_softmax.par_chunks(vocab))
+            .zip(&row_weight)
+            .for_each(|((dl, lsm), &total)| {
+                if total != 0.0 {
+                    dl.iter_mut()
+                        .zip(lsm)
+                        .for_each(|(g, l)| *g -= total * l.exp());
+                }
+            });
+        let head = self.output_weight();
+        grad.linear(head, &pass.head_input, &dlogits, m);
+        let mut dx = vec![0.0; m * d];
+        linear_input_grad(&dlogits, m, head, &mut dx, false);
+        let scale = self.output_scale();
+        dx.iter_mut().for_each(|v| *v *= scale);
+        let mut dx = norm_backward(&pass.final_norm, &self.decoder_final_norm, &dx, grad);
+        let mut dscores = Vec::new();
+        for ((layer, state), cross) in self
             .decoder
             .iter()
-            .map(|layer| CrossKeys {
+            .zip(&pass.layers)
+            .zip(cross_keys.iter().zip(dcross.iter_mut()))
+            .rev()
+        {
+            self.residual_feed_forward_backward(
+                &layer.feed_forward,
+                &layer.feed_forward_norm,
+                &state.feed_forward,
+                &mut dx,
+                grad,
+            );
+            let (dnormed, _) = self.attention_backward(
+                &layer.cross_attention,
+                &layer.cross_norm,
+                &state.cross_attention,
+                &dx,
+                Some(cross),
+                grad,
+            );
+            add_into(&mut dx, &dnormed);
+            self.residual_self_attention_backward(
+                &layer.self_attention,
+                &layer.self_norm,
+                &state.self_attention,
+                &mut dx,
+                &mut dscores,
+                grad,
+            );
+        }
+        // Causal entries have zero probability, so their score gradients are zero.
+        self.table_backward(&self.decoder_table, &pass.buckets, &dscores, grad);
+        self.embedding_backward(&pass.decoder_ids, &dx, grad);
+        Ok(())
+    }
+
+    /// Backward through the encoder from the gradient of its output.
+    fn encode_backward(&self, pass: &EncoderPass, dencoded: &[f32], grad: &mut Gradient) {
+        let mut dx = norm_backward(&pass.final_norm, &self.encoder_final_norm, dencoded, grad);
+        let mut dscores = Vec::new();
+        for (layer, state) in self.encoder.iter().zip(&pass.layers).rev() {
+            self.residual_feed_forward_backward(
+                &layer.feed_forward,
+                &layer.feed_forward_norm,
+                &state.feed_forward,
+                &mut dx,
+                grad,
+            );
+            self.residual_self_attention_backward(
+                &layer.attention,
+                &layer.attention_norm,
+                &state.attention,
+                &mut dx,
+                &mut dscores,
+                grad,
+            );
+        }
+        self.table_backward(&self.encoder_table, &pass.buckets, &dscores, grad);
+        self.embedding_backward(&pass.ids, &dx, grad);
+    }
+
+    /// `dx += ∂ff(norm(x))/∂x · dx` for a residual feed-forward sublayer.
+    fn residual_feed_forward_backward(
+        &self,
+        w: &FeedForwardWeights,
+        norm_w: &Weight,
+        state: &FeedForward,
+        dx: &mut [f32],
+        grad: &mut Gradient,
+    ) {
+        let dnormed = self.feed_forward_backward(w, norm_w, state, dx, grad);
+        add_into(dx, &dnormed);
+    }
+
+    /// The same for a residual self-attention sublayer; its score gradients (per head)
+    /// are summed into `dscores`, shared by the stack's position table.
+    fn residual_self_attention_backward(
+        &self,
+        w: &AttentionWeights,
+        norm_w: &Weight,
+        state: &Attention,
+        dx: &mut [f32],
+        dscores: &mut Vec<Vec<f32>>,
+        grad: &mut Gradient,
+    ) {
+        let (dnormed, layer_scores) = self.attention_backward(w, norm_w, state, dx, None, grad);
+        add_into(dx, &dnormed);
+        if dscores.is_empty() {
+            *dscores = layer_scores;
+        } else {
+            dscores
+                .iter_mut()
+                .zip(&layer_scores)
+                .for_each(|(total, layer)| add_into(total, layer));
+        }
+    }
+
+    fn embedding_backward(&self, ids: &[u32], dx: &[f32], grad: &mut Gradient) {
+        let d = self.config.d_model;
+        let dtable = grad.add(&self.shared);
+        for (&id, row) in ids.iter().zip(dx.chunks(d)) {
+            add_into(&mut dtable[id as usize * d..(id as usize + 1) * d], row);
+        }
+    }
+}
+
+impl ExampleBackprop for T5Backprop {
+    fn gradient(
+        &self,
+        input: &[u32],
+        targets: &[Vec<u32>],
+        weights: &mut ChooseClasses<'_>,
+    ) -> Result<Vec<f32>> {
+        self.check_ids(input, "input")?;
+        for target in targets {
+            self.check_ids(target, "target")?;
+        }
+        let encoder = self.encode(input);
+        let n = input.len();
+        let encoded = &encoder.final_norm.output;
+        let cross_keys: Vec<KeyValues> = self
+            .decoder
+            .iter()
+            .map(|layer| KeyValues {
                 k: linear(encoded, n, &layer.cross_attention.k),
                 v: linear(encoded, n, &layer.cross_attention.v),
             })
             .collect();
+        let passes: Vec<DecoderPass> = targets
+            .iter()
+            .map(|target| self.decode(target, &cross_keys))
+            .collect();
 
-        // Decoder, once per target sequence.
-        let head = self.lm_head.as_ref().unwrap_or(&self.shared);
-        let scale = if config.scales_decoder_output() {
-            (d as f32).powf(-0.5)
-        } else {
-            1.0
-        };
-        let mut passes = Vec::with_capacity(targets.len());
-        for target in targets {
-            let decoder_ids: Vec<u32> = std::iter::once(config.decoder_start_token_id)
-                .chain(target[..target.len() - 1].iter().copied())
-                .collect();
-            let m = decoder_ids.len();
-            let (self_bias, _) = position_bias(config, &self.decoder_table, m, m, true);
-            let mut x = self.embed(&decoder_ids);
-            let mut layers = Vec::with_capacity(self.decoder.len());
-            for (layer, cross) in self.decoder.iter().zip(&cross_keys) {
-                let (self_attention, out) = self.attention(
-                    &layer.self_attention,
-                    &layer.self_norm,
-                    &x,
-                    m,
-                    Some(&self_bias),
-                    None,
-                );
-                add_into(&mut x, &out);
-                let (cross_attention, out) = self.attention(
-                    &layer.cross_attention,
-                    &layer.cross_norm,
-                    &x,
-                    m,
-                    None,
-                    Some(cross),
-                );
-                add_into(&mut x, &out);
-                let (feed_forward, out) =
-                    self.feed_forward(&layer.feed_forward, &layer.feed_forward_norm, &x, m);
-                add_into(&mut x, &out);
-                layers.push(DecoderState {
-                    self_attention,
-                    cross_attention,
-                    feed_forward,
-                });
-            }
-            let final_norm = norm_forward(x, &self.decoder_final_norm, eps);
-            let head_input: Vec<f32> = final_norm.output.iter().map(|v| v * scale).collect();
-            let mut log_softmax = linear(&head_input, m, head);
-            log_softmax.par_chunks_mut(vocab).for_each(|row| {
-                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let log_sum = row.iter().map(|v| (v - max).exp()).sum::<f32>().ln() + max;
-                row.iter_mut().for_each(|v| *v -= log_sum);
-            });
-            passes.push(DecoderPass {
-                decoder_ids,
-                layers,
-                final_norm,
-                head_input,
-                log_softmax,
-            });
-        }
-
-        let rows: Vec<Vec<f32>> = passes.iter().map(|p| p.log_softmax.clone()).collect();
+        let rows: Vec<&[f32]> = passes.iter().map(|p| p.log_softmax.as_slice()).collect();
         let picks = weights(&rows).context("choosing the classes to differentiate")?;
         ensure!(
             picks.len() == targets.len(),
@@ -998,146 +1183,27 @@ impl ExampleBackprop for T5Backprop {
             targets.len()
         );
 
-        // Backward.
         let mut grad = Gradient::new(self.num_params, self.num_weights);
-        let mut dcross: Vec<(Vec<f32>, Vec<f32>)> =
-            vec![(vec![0.0; n * inner], vec![0.0; n * inner]); self.decoder.len()];
-        let mut decoder_dscores = Vec::new();
-        let mut decoder_buckets = Vec::new();
+        let inner = self.config.inner_dim();
+        let mut dcross: Vec<KeyValues> = (0..self.decoder.len())
+            .map(|_| KeyValues {
+                k: vec![0.0; n * inner],
+                v: vec![0.0; n * inner],
+            })
+            .collect();
         for (pass, picks) in passes.iter().zip(&picks) {
-            let m = pass.decoder_ids.len();
-            // d objective / d logits = w − (Σ_c w_c) p, row by row.
-            let mut dlogits: Vec<f32> = vec![0.0; m * vocab];
-            let mut row_weight = vec![0.0f32; m];
-            for &(t, c, w) in picks {
-                ensure!(t < m && c < vocab, "class ({t}, {c}) out of range");
-                dlogits[t * vocab + c] += w;
-                row_weight[t] += w;
-            }
-            dlogits
-                .par_chunks_mut(vocab)
-                .zip(pass.log_softmax.par_chunks(vocab))
-                .zip(&row_weight)
-                .for_each(|((dl, lsm), &total)| {
-                    if total != 0.0 {
-                        dl.iter_mut()
-                            .zip(lsm)
-                            .for_each(|(g, l)| *g -= total * l.exp());
-                    }
-                });
-            grad.linear(head, &pass.head_input, &dlogits, m);
-            let mut dx = vec![0.0; m * d];
-            linear_input_grad(&dlogits, m, head, &mut dx, false);
-            dx.iter_mut().for_each(|v| *v *= scale);
-            let mut dx = norm_backward(&pass.final_norm, &self.decoder_final_norm, &dx, &mut grad);
-            let mut dscores_pass: Vec<Vec<f32>> = Vec::new();
-            for ((layer, state), (cross, dcross)) in self
-                .decoder
-                .iter()
-                .zip(&pass.layers)
-                .zip(cross_keys.iter().zip(dcross.iter_mut()))
-                .rev()
-            {
-                let dff = self.feed_forward_backward(
-                    &layer.feed_forward,
-                    &layer.feed_forward_norm,
-                    &state.feed_forward,
-                    &dx,
-                    m,
-                    &mut grad,
-                );
-                add_into(&mut dx, &dff);
-                let (dcr, _) = self.attention_backward(
-                    &layer.cross_attention,
-                    &layer.cross_norm,
-                    &state.cross_attention,
-                    &dx,
-                    m,
-                    Some((cross, dcross)),
-                    &mut grad,
-                );
-                add_into(&mut dx, &dcr);
-                let (dsa, dscores) = self.attention_backward(
-                    &layer.self_attention,
-                    &layer.self_norm,
-                    &state.self_attention,
-                    &dx,
-                    m,
-                    None,
-                    &mut grad,
-                );
-                add_into(&mut dx, &dsa);
-                if dscores_pass.is_empty() {
-                    dscores_pass = dscores;
-                } else {
-                    dscores_pass
-                        .iter_mut()
-                        .zip(&dscores)
-                        .for_each(|(a, b)| add_into(a, b));
-                }
-            }
-            let (_, buckets) = position_bias(config, &self.decoder_table, m, m, true);
-            decoder_dscores.push(dscores_pass);
-            decoder_buckets.push(buckets);
-            let dembed = grad.add(&self.shared);
-            for (&id, row) in pass.decoder_ids.iter().zip(dx.chunks(d)) {
-                add_into(&mut dembed[id as usize * d..(id as usize + 1) * d], row);
-            }
+            self.decode_backward(pass, picks, &cross_keys, &mut dcross, &mut grad)?;
         }
-        for (buckets, dscores) in decoder_buckets.iter().zip(&decoder_dscores) {
-            // Causal entries have zero probability, so their score gradients are zero.
-            self.table_backward(&self.decoder_table, buckets, dscores, &mut grad);
+        // The encoder output feeds every decoder layer's cross-attention keys/values.
+        let mut dencoded = vec![0.0; n * self.config.d_model];
+        for (layer, d) in self.decoder.iter().zip(&dcross) {
+            let attention = &layer.cross_attention;
+            grad.linear(&attention.k, encoded, &d.k, n);
+            grad.linear(&attention.v, encoded, &d.v, n);
+            linear_input_grad(&d.k, n, &attention.k, &mut dencoded, true);
+            linear_input_grad(&d.v, n, &attention.v, &mut dencoded, true);
         }
-
-        // Encoder output: the cross-attention keys/values of every decoder layer.
-        let mut dx = vec![0.0; n * d];
-        for (layer, (dk, dv)) in self.decoder.iter().zip(&dcross) {
-            grad.linear(&layer.cross_attention.k, encoded, dk, n);
-            grad.linear(&layer.cross_attention.v, encoded, dv, n);
-            linear_input_grad(dk, n, &layer.cross_attention.k, &mut dx, true);
-            linear_input_grad(dv, n, &layer.cross_attention.v, &mut dx, true);
-        }
-        let mut dx = norm_backward(&encoder_final, &self.encoder_final_norm, &dx, &mut grad);
-        let mut encoder_dscores: Vec<Vec<f32>> = Vec::new();
-        for (layer, state) in self.encoder.iter().zip(&encoder_states).rev() {
-            let dff = self.feed_forward_backward(
-                &layer.feed_forward,
-                &layer.feed_forward_norm,
-                &state.feed_forward,
-                &dx,
-                n,
-                &mut grad,
-            );
-            add_into(&mut dx, &dff);
-            let (da, dscores) = self.attention_backward(
-                &layer.attention,
-                &layer.attention_norm,
-                &state.attention,
-                &dx,
-                n,
-                None,
-                &mut grad,
-            );
-            add_into(&mut dx, &da);
-            if encoder_dscores.is_empty() {
-                encoder_dscores = dscores;
-            } else {
-                encoder_dscores
-                    .iter_mut()
-                    .zip(&dscores)
-                    .for_each(|(a, b)| add_into(a, b));
-            }
-        }
-        self.table_backward(
-            &self.encoder_table,
-            &encoder_buckets,
-            &encoder_dscores,
-            &mut grad,
-        );
-        let dembed = grad.add(&self.shared);
-        for (&id, row) in input.iter().zip(dx.chunks(d)) {
-            add_into(&mut dembed[id as usize * d..(id as usize + 1) * d], row);
-        }
+        self.encode_backward(&encoder, &dencoded, &mut grad);
         Ok(grad.values)
     }
 }

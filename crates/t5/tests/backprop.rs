@@ -100,7 +100,7 @@ fn backprop_equals_autodiff_for_every_feed_forward_and_head() {
             let mut seen_rows = Vec::new();
             let got = backprop
                 .gradient(&input, &targets, &mut |rows| {
-                    seen_rows = rows.to_vec();
+                    seen_rows = rows.iter().map(|r| r.to_vec()).collect();
                     Ok(picks.clone())
                 })
                 .unwrap();
@@ -141,7 +141,7 @@ fn bad_ids_and_pick_lists_are_errors() {
     let device = Device::flex().autodiff();
     let model = checkpoint::init(&micro_config(false), false, 1, &device).unwrap();
     let backprop = model.example_backprop().unwrap();
-    let none = |_: &[Vec<f32>]| Ok(vec![vec![]]);
+    let none = |_: &[&[f32]]| Ok(vec![vec![]]);
     let err = backprop
         .gradient(&[3, 99], &[vec![1]], &mut none.clone())
         .unwrap_err();
