@@ -63,8 +63,8 @@ fn assert_close(name: &str, got: &[f32], want: &[f32], tolerance: f32) {
 }
 
 /// Every architecture switch the model has: ReLU tied (v1.0), gated GELU untied (v1.1),
-/// plain exact GELU, gated SiLU; one or two target sequences with several weighted
-/// classes per position, inputs shorter and longer than the few-row kernel's limit.
+/// plain exact GELU, gated SiLU; several target sequences with several weighted classes
+/// per position, inputs and targets shorter and longer than the few-row kernel's limit.
 #[test]
 fn backprop_equals_autodiff_for_every_feed_forward_and_head() {
     let variants = [
