@@ -1,7 +1,7 @@
 //! The diagonal dataset Fisher (1/N) Σ_x F(x), with F(x) computed per example.
 
 use crate::select::{example_seed, sample_classes};
-use crate::{example_classes_given, ClassSelection, GradientModel};
+use crate::{example_diagonal_streamed, ClassSelection, GradientModel};
 use anyhow::{bail, Context, Result};
 use rand::SeedableRng;
 use rayon::prelude::*;
@@ -83,8 +83,7 @@ pub fn example_diagonal_given<M: GradientModel>(
             let log_probs =
                 log_probs.context("the exact and sampled modes need log-probabilities")?;
             if mode == Mode::Exact {
-                let fisher = example_classes_given(model, example, log_probs, selection)?;
-                return Ok(fisher.is_finite().then(|| fisher.diagonal()));
+                return example_diagonal_streamed(model, example, &log_probs, selection);
             }
             if log_probs.iter().flatten().any(|v| v.is_nan()) {
                 return Ok(None);

@@ -42,12 +42,7 @@ pub fn example_classes_given<M: GradientModel>(
     let mut classes = Vec::with_capacity(kept.len());
     for (pick, prob) in kept {
         let grad = model.grad(example, &[pick])?;
-        ensure!(
-            grad.len() == crate::param_count(model.params()),
-            "the model returned a gradient of {} values for {} parameters",
-            grad.len(),
-            crate::param_count(model.params())
-        );
+        check_length(&grad, crate::param_count(model.params()))?;
         classes.push(ClassGradient { pick, prob, grad });
     }
     Ok(ExampleFisher { log_probs, classes })
@@ -61,21 +56,6 @@ impl ExampleFisher {
                 .classes
                 .iter()
                 .all(|c| c.prob.is_finite() && c.grad.iter().all(|g| g.is_finite()))
-    }
-
-    /// The diagonal PEF Σ_c p_c g_c² (each entry summed over classes in f64; one pass
-    /// over the parameters, without an f64 buffer the size of the model).
-    pub fn diagonal(&self) -> Vec<f32> {
-        let n = self.classes.first().map_or(0, |c| c.grad.len());
-        (0..n)
-            .into_par_iter()
-            .map(|i| {
-                self.classes
-                    .iter()
-                    .map(|c| c.prob * f64::from(c.grad[i]) * f64::from(c.grad[i]))
-                    .sum::<f64>() as f32
-            })
-            .collect()
     }
 
     /// The low-rank PEF factor A (columns sqrt(p_c) g_c), so that the PEF is A Aᵀ.
@@ -92,23 +72,72 @@ impl ExampleFisher {
             })
             .collect()
     }
+}
 
-    /// The most probable class at each position.
-    pub fn predictions(&self) -> Vec<usize> {
-        self.log_probs
-            .iter()
-            .map(|row| {
-                row.iter()
-                    .enumerate()
-                    .fold((0, f32::NEG_INFINITY), |best, (c, &v)| {
-                        if v > best.1 {
-                            (c, v)
-                        } else {
-                            best
-                        }
-                    })
-                    .0
-            })
-            .collect()
+/// The most probable class at each position.
+pub fn predictions(log_probs: &[Vec<f32>]) -> Vec<usize> {
+    log_probs
+        .iter()
+        .map(|row| {
+            row.iter()
+                .enumerate()
+                .fold((0, f32::NEG_INFINITY), |best, (c, &v)| {
+                    if v > best.1 {
+                        (c, v)
+                    } else {
+                        best
+                    }
+                })
+                .0
+        })
+        .collect()
+}
+
+/// The diagonal PEF Σ_c p_c g_c² of the selected classes, summed as each class gradient
+/// is computed so that one gradient is held at a time ([`example_classes`] keeps them all,
+/// as a low-rank PEF needs: for t5-small with 5 tokens kept at 32 positions that would be
+/// 160 gradients of 242 MB). Each entry is summed over classes in f64, in class order.
+/// `None` when a log-probability, probability or gradient is not finite.
+pub fn example_diagonal_streamed<M: GradientModel>(
+    model: &M,
+    example: &M::Example,
+    log_probs: &[Vec<f32>],
+    selection: &ClassSelection,
+) -> Result<Option<Vec<f32>>> {
+    const CHUNK: usize = 1 << 16;
+    if log_probs.iter().flatten().any(|v| v.is_nan()) {
+        return Ok(None);
     }
+    let n = crate::param_count(model.params());
+    let mut sum = vec![0f64; n];
+    for (pick, prob) in selection.select(log_probs) {
+        if !prob.is_finite() {
+            return Ok(None);
+        }
+        let grad = model.grad(example, &[pick])?;
+        check_length(&grad, n)?;
+        let finite = sum
+            .par_chunks_mut(CHUNK)
+            .zip(grad.par_chunks(CHUNK))
+            .map(|(sum, grad)| {
+                sum.iter_mut().zip(grad).fold(true, |finite, (s, &g)| {
+                    *s += prob * f64::from(g) * f64::from(g);
+                    finite && g.is_finite()
+                })
+            })
+            .reduce(|| true, |a, b| a && b);
+        if !finite {
+            return Ok(None);
+        }
+    }
+    Ok(Some(sum.par_iter().map(|&s| s as f32).collect()))
+}
+
+fn check_length(grad: &[f32], num_params: usize) -> Result<()> {
+    ensure!(
+        grad.len() == num_params,
+        "the model returned a gradient of {} values for {num_params} parameters",
+        grad.len()
+    );
+    Ok(())
 }

@@ -4,8 +4,8 @@
 use crate::data::{self, Dataset};
 use crate::model::{ModelGradients, Outputs};
 use crate::{
-    dataset_fisher, example_classes_given, top_k_diagonal, top_k_low_rank, ClassSelection,
-    FisherRun, GradientModel, Mode,
+    dataset_fisher, example_classes_given, example_diagonal_streamed, predictions, top_k_diagonal,
+    top_k_low_rank, ClassSelection, FisherRun, GradientModel, Mode,
 };
 use anyhow::{bail, ensure, Context, Result};
 use fisherkit_common::progress;
@@ -293,48 +293,55 @@ pub fn run_pefs<M: LogProbModel>(source: &ModelSource<'_, M>, job: &PefJob) -> R
             .with_context(|| format!("examples {}..{}", first + 1, first + batch.len()))?;
         for ((i, item), log_probs) in batch.iter().enumerate().zip(log_probs) {
             let index = first + i;
-            let fisher = example_classes_given(&grads, item, log_probs, &job.selection)
-                .with_context(|| format!("example {}", index + 1))?;
-            let finite = fisher.is_finite();
-            if !finite {
-                skipped.push(index);
-            }
             let extras = ExampleExtras {
                 label: item.label.map(|l| l as i64),
                 prediction: match outputs {
-                    Outputs::Labels { .. } => fisher.predictions().first().map(|&p| p as i64),
+                    Outputs::Labels { .. } => predictions(&log_probs).first().map(|&p| p as i64),
                     Outputs::Tokens => None,
                 },
                 logits: match outputs {
-                    Outputs::Labels { .. } => fisher.log_probs.first().cloned(),
+                    Outputs::Labels { .. } => log_probs.first().cloned(),
                     Outputs::Tokens => None,
                 },
             };
+            let context = || format!("example {}", index + 1);
             match job.kind {
                 PefKind::Diagonal => {
+                    let diagonal =
+                        example_diagonal_streamed(&grads, item, &log_probs, &job.selection)
+                            .with_context(context)?;
                     let mut ex = DiagonalExample {
                         extras,
                         ..Default::default()
                     };
-                    if finite {
-                        let sparse = top_k_diagonal(&fisher.diagonal(), job.top_k)?;
-                        // npeff stores the kept values in descending order.
-                        let mut order: Vec<usize> = (0..sparse.values.len()).collect();
-                        order.sort_by(|&a, &b| {
-                            sparse.values[b]
-                                .total_cmp(&sparse.values[a])
-                                .then(a.cmp(&b))
-                        });
-                        ex.values = order.iter().map(|&j| sparse.values[j]).collect();
-                        ex.indices = order
-                            .iter()
-                            .map(|&j| u64::from(sparse.indices[j]))
-                            .collect();
-                        ex.norm = sparse.dense_norm as f32;
+                    match diagonal {
+                        Some(diagonal) => {
+                            let sparse = top_k_diagonal(&diagonal, job.top_k)?;
+                            // npeff stores the kept values in descending order.
+                            let mut order: Vec<usize> = (0..sparse.values.len()).collect();
+                            order.sort_by(|&a, &b| {
+                                sparse.values[b]
+                                    .total_cmp(&sparse.values[a])
+                                    .then(a.cmp(&b))
+                            });
+                            ex.values = order.iter().map(|&j| sparse.values[j]).collect();
+                            ex.indices = order
+                                .iter()
+                                .map(|&j| u64::from(sparse.indices[j]))
+                                .collect();
+                            ex.norm = sparse.dense_norm as f32;
+                        }
+                        None => skipped.push(index),
                     }
                     writer.push_diagonal(&ex)?;
                 }
                 PefKind::LowRank => {
+                    let fisher = example_classes_given(&grads, item, log_probs, &job.selection)
+                        .with_context(context)?;
+                    let finite = fisher.is_finite();
+                    if !finite {
+                        skipped.push(index);
+                    }
                     let width = n_classes.unwrap_or(0);
                     let mut columns = vec![SparseColumn::default(); width];
                     let mut norm = 0.0;

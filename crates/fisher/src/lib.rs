@@ -23,7 +23,10 @@ pub mod sparse;
 pub use dataset::{
     dataset_fisher, example_diagonal, example_diagonal_given, DatasetFisher, FisherRun, Mode,
 };
-pub use example::{example_classes, example_classes_given, ClassGradient, ExampleFisher};
+pub use example::{
+    example_classes, example_classes_given, example_diagonal_streamed, predictions, ClassGradient,
+    ExampleFisher,
+};
 pub use select::ClassSelection;
 pub use sparse::{top_k_diagonal, top_k_low_rank, SparseDiagonal, SparseLowRank};
 
