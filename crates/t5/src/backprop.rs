@@ -5,7 +5,8 @@
 //! copied out of its tensor into the flat vector the Fisher code reads. Here the forward
 //! pass keeps exactly the activations the backward pass needs, and every weight gradient
 //! is written by one matrix product straight into its place in the flat vector. The
-//! weights are read in place from the model's CPU tensors (no copy).
+//! weights are read in place from the model's CPU tensors; the attention and
+//! feed-forward matrices are also kept transposed, for the forward products.
 //!
 //! The math mirrors [`crate::model`] (HF `modeling_t5.py`) in eval mode: T5LayerNorm
 //! (RMS, no bias), unscaled attention with a relative position bias shared per stack,
@@ -112,8 +113,12 @@ pub struct T5Backprop {
 
 impl T5Backprop {
     /// `None` when the parameters are not f32 tensors of the CPU backend (GPU devices and
-    /// reduced precision keep burn's autodiff).
+    /// reduced precision keep burn's autodiff) or the model is in training mode (this
+    /// pass has no dropout).
     pub fn new(model: &T5) -> Option<Self> {
+        if model.training {
+            return None;
+        }
         let specs = model.param_specs();
         let mut weights: HashMap<String, Weight> = HashMap::new();
         for (index, ((name, param), spec)) in

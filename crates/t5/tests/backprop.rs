@@ -128,10 +128,16 @@ fn backprop_equals_autodiff_for_every_feed_forward_and_head() {
 }
 
 #[test]
-fn other_dtypes_fall_back_to_autodiff() {
+fn training_mode_and_other_dtypes_fall_back_to_autodiff() {
     let device = Device::flex().autodiff();
     let mut model = checkpoint::init(&micro_config(false), false, 1, &device).unwrap();
     assert!(model.example_backprop().is_some());
+    model.set_training(true);
+    assert!(
+        model.example_backprop().is_none(),
+        "no dropout in the hand-written pass"
+    );
+    model.set_training(false);
     model.cast_params(DType::F64).unwrap();
     assert!(model.example_backprop().is_none());
 }
