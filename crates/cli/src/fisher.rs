@@ -314,7 +314,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         println!(
-            "{} ({} parameters), inputs {}, targets {}, {} examples:\n  per-example gradients/s: {:.3}",
+            "{} ({} parameters), inputs {}, targets {}, {} examples:\n  squared per-example gradients/s: {:.3}",
             report.preset,
             report.parameters,
             report.input_len,
@@ -323,7 +323,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
             report.gradients_per_second,
         );
         if let Some(autodiff) = report.autodiff_gradients_per_second {
-            println!("  per-example gradients/s through burn autodiff: {autodiff:.3}");
+            println!("  the same through burn autodiff: {autodiff:.3}");
         }
         println!(
             "  diagonal PEFs/s (2 labels): {:.3}",

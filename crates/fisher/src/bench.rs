@@ -30,6 +30,7 @@ pub struct BenchReport {
     pub input_len: usize,
     pub target_len: usize,
     pub examples: usize,
+    /// Squared per-example gradients per second (the empirical Fisher's per-example work).
     pub gradients_per_second: f64,
     /// The same through burn's autodiff, when the model has its own backward pass.
     pub autodiff_gradients_per_second: Option<f64>,
