@@ -109,28 +109,45 @@ pub fn example_diagonal_streamed<M: GradientModel>(
         return Ok(None);
     }
     let n = crate::param_count(model.params());
-    let mut sum = vec![0f64; n];
+    // The first class's terms fill the sum and later ones add to it; the last gradient's
+    // buffer receives the result. (Passes over all parameters are memory-bound.)
+    let mut sum: Vec<f64> = Vec::new();
+    let mut result = Vec::new();
     for (pick, prob) in selection.select(log_probs) {
         if !prob.is_finite() {
             return Ok(None);
         }
         let grad = model.grad(example, &[pick])?;
         check_length(&grad, n)?;
-        let finite = sum
-            .par_chunks_mut(CHUNK)
-            .zip(grad.par_chunks(CHUNK))
-            .map(|(sum, grad)| {
-                sum.iter_mut().zip(grad).fold(true, |finite, (s, &g)| {
-                    *s += prob * f64::from(g) * f64::from(g);
-                    finite && g.is_finite()
-                })
-            })
-            .reduce(|| true, |a, b| a && b);
-        if !finite {
-            return Ok(None);
+        let term = |g: f32| prob * f64::from(g) * f64::from(g);
+        if sum.is_empty() {
+            sum = grad.par_iter().map(|&g| term(g)).collect();
+        } else {
+            sum.par_chunks_mut(CHUNK)
+                .zip(grad.par_chunks(CHUNK))
+                .for_each(|(sum, grad)| {
+                    sum.iter_mut().zip(grad).for_each(|(s, &g)| *s += term(g));
+                });
         }
+        result = grad;
     }
-    Ok(Some(sum.par_iter().map(|&s| s as f32).collect()))
+    if sum.is_empty() {
+        // No class kept (all below `min_prob`): the truncated sum is empty.
+        return Ok(Some(vec![0.0; n]));
+    }
+    // With p_c finite, a term is finite exactly when its gradient entry is, so the
+    // sums are all finite exactly when every gradient was.
+    let finite = result
+        .par_chunks_mut(CHUNK)
+        .zip(sum.par_chunks(CHUNK))
+        .map(|(out, sum)| {
+            out.iter_mut().zip(sum).fold(true, |finite, (o, &s)| {
+                *o = s as f32;
+                finite && s.is_finite()
+            })
+        })
+        .reduce(|| true, |a, b| a && b);
+    Ok(finite.then_some(result))
 }
 
 fn check_length(grad: &[f32], num_params: usize) -> Result<()> {
