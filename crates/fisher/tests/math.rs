@@ -286,3 +286,82 @@ fn sparsified_pefs_keep_the_true_top_k_and_dense_norms() {
     let n = model.theta.len();
     assert!(top_k_diagonal(&dense, n + 1).is_err());
 }
+
+/// A model whose gradient has a NaN entry for examples listed in `poisoned` (what a
+/// diverged checkpoint produces), otherwise the test model's.
+struct Poisoned<'a> {
+    inner: &'a TestModel,
+    poisoned: Vec<usize>,
+    examples: Vec<Example>,
+}
+
+impl GradientModel for Poisoned<'_> {
+    type Example = Example;
+
+    fn params(&self) -> &[fisherkit_fisher::ParamSpec] {
+        self.inner.params()
+    }
+
+    fn log_probs(&self, example: &Example) -> anyhow::Result<Vec<Vec<f32>>> {
+        self.inner.log_probs(example)
+    }
+
+    fn grad(
+        &self,
+        example: &Example,
+        picks: &[fisherkit_fisher::Pick],
+    ) -> anyhow::Result<Vec<f32>> {
+        let mut grad = self.inner.grad(example, picks)?;
+        let index = self.examples.iter().position(|e| e.rows == example.rows);
+        if index.is_some_and(|i| self.poisoned.contains(&i)) {
+            grad[2] = f32::NAN;
+        }
+        Ok(grad)
+    }
+
+    fn observed(&self, example: &Example) -> anyhow::Result<Vec<fisherkit_fisher::Pick>> {
+        self.inner.observed(example)
+    }
+}
+
+/// Non-finite gradients skip the example (counted) in every mode, and the diagonal PEF of
+/// such an example is `None`; the other examples' Fisher is unchanged.
+#[test]
+fn non_finite_gradients_skip_the_example_and_are_counted() {
+    let model = TestModel::new(
+        Dims {
+            input: 3,
+            hidden: Some(3),
+            classes: 4,
+        },
+        5,
+    );
+    let examples = model.examples(5, 1, 2);
+    let poisoned = Poisoned {
+        inner: &model,
+        poisoned: vec![1, 3],
+        examples: examples.clone(),
+    };
+    let clean: Vec<Example> = [0, 2, 4].iter().map(|&i| examples[i].clone()).collect();
+    for mode in [Mode::Exact, Mode::Sampled, Mode::Empirical] {
+        let got = dataset_fisher(&poisoned, &examples, &run(mode, 2), |_| {}).unwrap();
+        assert_eq!((got.examples, got.skipped_nonfinite), (3, 2), "{mode}");
+        let want = dataset_fisher(&model, &clean, &run(mode, 2), |_| {}).unwrap();
+        assert_eq!(got.mean().unwrap(), want.mean().unwrap(), "{mode}");
+    }
+    let log_probs = model.log_probs(&examples[1]).unwrap();
+    let pef =
+        example_diagonal_streamed(&poisoned, &examples[1], &log_probs, &ClassSelection::all());
+    assert!(pef.unwrap().is_none());
+    let all_poisoned = Poisoned {
+        inner: &model,
+        poisoned: (0..5).collect(),
+        examples: examples.clone(),
+    };
+    let none = dataset_fisher(&all_poisoned, &examples, &run(Mode::Exact, 1), |_| {}).unwrap();
+    assert!(none
+        .mean()
+        .unwrap_err()
+        .to_string()
+        .contains("no example had finite gradients"));
+}
