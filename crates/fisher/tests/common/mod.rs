@@ -21,6 +21,7 @@ pub struct Dims {
 }
 
 /// One example: rows of inputs (one per output position) and observed classes.
+#[derive(Clone)]
 pub struct Example {
     pub rows: Vec<Vec<f64>>,
     pub observed: Vec<usize>,
