@@ -39,12 +39,14 @@ pub fn example_classes_given<M: GradientModel>(
     selection: &ClassSelection,
 ) -> Result<ExampleFisher> {
     let kept = selection.select(&log_probs);
+    let picks: Vec<Vec<Pick>> = kept.iter().map(|&(pick, _)| vec![pick]).collect();
     let mut classes = Vec::with_capacity(kept.len());
-    for (pick, prob) in kept {
-        let grad = model.grad(example, &[pick])?;
+    model.grads_each(example, &picks, &mut |index, grad| {
         check_length(&grad, crate::param_count(model.params()))?;
+        let (pick, prob) = kept[index];
         classes.push(ClassGradient { pick, prob, grad });
-    }
+        Ok(())
+    })?;
     Ok(ExampleFisher { log_probs, classes })
 }
 
@@ -113,12 +115,14 @@ pub fn example_diagonal_streamed<M: GradientModel>(
     // buffer receives the result. (Passes over all parameters are memory-bound.)
     let mut sum: Vec<f64> = Vec::new();
     let mut result = Vec::new();
-    for (pick, prob) in selection.select(log_probs) {
-        if !prob.is_finite() {
-            return Ok(None);
-        }
-        let grad = model.grad(example, &[pick])?;
+    let kept = selection.select(log_probs);
+    if kept.iter().any(|(_, prob)| !prob.is_finite()) {
+        return Ok(None);
+    }
+    let picks: Vec<Vec<Pick>> = kept.iter().map(|&(pick, _)| vec![pick]).collect();
+    model.grads_each(example, &picks, &mut |index, grad| {
         check_length(&grad, n)?;
+        let prob = kept[index].1;
         let term = |g: f32| prob * f64::from(g) * f64::from(g);
         if sum.is_empty() {
             sum = grad.par_iter().map(|&g| term(g)).collect();
@@ -130,7 +134,8 @@ pub fn example_diagonal_streamed<M: GradientModel>(
                 });
         }
         result = grad;
-    }
+        Ok(())
+    })?;
     if sum.is_empty() {
         // No class kept (all below `min_prob`): the truncated sum is empty.
         return Ok(Some(vec![0.0; n]));

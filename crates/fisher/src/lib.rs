@@ -72,6 +72,21 @@ pub trait GradientModel {
     /// for ONE example.
     fn grad(&self, example: &Self::Example, picks: &[Pick]) -> anyhow::Result<Vec<f32>>;
 
+    /// The gradients of several pick lists of ONE example, handed to `each` one at a time
+    /// as `(index, gradient)`, so that only one is held; a model may share work between
+    /// them (its forward pass).
+    fn grads_each(
+        &self,
+        example: &Self::Example,
+        picks: &[Vec<Pick>],
+        each: &mut fisherkit_model::EachGradient<'_>,
+    ) -> anyhow::Result<()> {
+        for (index, picks) in picks.iter().enumerate() {
+            each(index, self.grad(example, picks)?)?;
+        }
+        Ok(())
+    }
+
     /// The observed classes of an example (for the empirical Fisher).
     fn observed(&self, example: &Self::Example) -> anyhow::Result<Vec<Pick>>;
 }

@@ -3,7 +3,9 @@
 use crate::{GradientModel, ParamSpec, Pick};
 use anyhow::{ensure, Context, Result};
 use fisherkit_model::burn::tensor::{Tensor, TensorData};
-use fisherkit_model::{Example, ExampleBackprop, LogProbModel, ParamAccess};
+use fisherkit_model::{
+    EachGradient, Example, ExampleBackprop, LogProbModel, ParamAccess, WeightedClasses,
+};
 
 /// The output distribution a Fisher is taken over.
 #[derive(Debug, Clone)]
@@ -131,21 +133,12 @@ pub fn label_log_probs<M: LogProbModel + ?Sized>(
     Ok(scores - lse)
 }
 
-/// [`GradientModel::grad`] through a model's own backward pass.
-fn backprop_grad(
-    backprop: &dyn ExampleBackprop,
-    outputs: &Outputs,
-    item: &Item,
-    picks: &[Pick],
-) -> Result<Vec<f32>> {
-    let input = &item.example.input_ids;
+/// The objective `Σ_{(t,c) ∈ picks} log p_t(c | x)` as weighted token classes per target
+/// sequence of a model's own backward pass, given each sequence's log-softmax rows.
+fn objective(outputs: &Outputs, rows: &[&[f32]], picks: &[Pick]) -> Result<Vec<WeightedClasses>> {
     match outputs {
-        Outputs::Tokens => backprop.gradient(
-            input,
-            std::slice::from_ref(&item.example.target_ids),
-            &mut |_| Ok(vec![picks.iter().map(|&(t, c)| (t, c, 1.0)).collect()]),
-        ),
-        Outputs::Labels { targets, .. } => backprop.gradient(input, targets, &mut |rows| {
+        Outputs::Tokens => Ok(vec![picks.iter().map(|&(t, c)| (t, c, 1.0)).collect()]),
+        Outputs::Labels { targets, .. } => {
             // log p(label k) = S_k − logsumexp(S), S_k = Σ_t log p(target_k,t). The
             // objective Σ_k m_k log p(k) has dS_k = m_k − (Σ m) softmax(S)_k, and each
             // S_k is a sum of token log-probabilities of label k's sequence.
@@ -182,7 +175,7 @@ fn backprop_grad(
                         .collect()
                 })
                 .collect())
-        }),
+        }
     }
 }
 
@@ -235,8 +228,13 @@ impl<M: LogProbModel> GradientModel for ModelGradients<'_, M> {
     }
 
     fn grad(&self, item: &Item, picks: &[Pick]) -> Result<Vec<f32>> {
-        if let Some(backprop) = &self.backprop {
-            return backprop_grad(backprop.as_ref(), &self.outputs, item, picks);
+        if self.backprop.is_some() {
+            let mut grad = None;
+            self.grads_each(item, &[picks.to_vec()], &mut |_, g| {
+                grad = Some(g);
+                Ok(())
+            })?;
+            return grad.context("the backward pass returned no gradient");
         }
         let lp = self.forward(item)?;
         let [positions, classes] = lp.dims();
@@ -264,6 +262,35 @@ impl<M: LogProbModel> GradientModel for ModelGradients<'_, M> {
             flat.extend_from_slice(&g);
         }
         Ok(flat)
+    }
+
+    fn grads_each(
+        &self,
+        item: &Item,
+        picks: &[Vec<Pick>],
+        each: &mut EachGradient<'_>,
+    ) -> Result<()> {
+        let Some(backprop) = &self.backprop else {
+            for (index, picks) in picks.iter().enumerate() {
+                each(index, self.grad(item, picks)?)?;
+            }
+            return Ok(());
+        };
+        let targets = match &self.outputs {
+            Outputs::Tokens => std::slice::from_ref(&item.example.target_ids),
+            Outputs::Labels { targets, .. } => targets.as_slice(),
+        };
+        backprop.gradients(
+            &item.example.input_ids,
+            targets,
+            &mut |rows| {
+                picks
+                    .iter()
+                    .map(|picks| objective(&self.outputs, rows, picks))
+                    .collect()
+            },
+            each,
+        )
     }
 
     fn observed(&self, item: &Item) -> Result<Vec<Pick>> {

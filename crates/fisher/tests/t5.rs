@@ -2,7 +2,7 @@
 //! scorer, gradients against f64 finite differences, batched against one at a time.
 
 use fisherkit_fisher::model::{label_log_probs, Item, ModelGradients, Outputs};
-use fisherkit_fisher::GradientModel;
+use fisherkit_fisher::{example_classes, ClassSelection, GradientModel};
 use fisherkit_model::burn::tensor::{DType, Device};
 use fisherkit_model::{Example, LogProbModel, ParamAccess};
 use fisherkit_t5::T5;
@@ -178,6 +178,21 @@ fn backprop_gradients_equal_autodiff_for_labels_and_tokens() {
                 (g - w).abs() <= 1e-4 * scale,
                 "picks {picks:?} [{i}]: backprop {g} vs autodiff {w}"
             );
+        }
+        // Every class of the example from one shared forward pass (`grads_each`).
+        let selection = ClassSelection {
+            top_k_per_position: Some(3),
+            ..ClassSelection::default()
+        };
+        let fast_classes = example_classes(&fast, &item, &selection).unwrap();
+        let slow_classes = example_classes(&slow, &item, &selection).unwrap();
+        assert_eq!(fast_classes.classes.len(), slow_classes.classes.len());
+        for (f, s) in fast_classes.classes.iter().zip(&slow_classes.classes) {
+            assert_eq!(f.pick, s.pick);
+            let scale = s.grad.iter().fold(0f32, |m, v| m.max(v.abs()));
+            for (g, w) in f.grad.iter().zip(&s.grad) {
+                assert!((g - w).abs() <= 1e-4 * scale, "class {:?}", f.pick);
+            }
         }
     }
 }

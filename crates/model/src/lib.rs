@@ -229,23 +229,30 @@ pub trait LogProbModel {
 /// `(position, class, weight)` terms of an objective `Σ weight · log p_position(class)`.
 pub type WeightedClasses = Vec<(usize, usize, f32)>;
 
-/// Chooses, from each target's log-softmax rows, the objective's terms per target.
-pub type ChooseClasses<'a> = dyn FnMut(&[&[f32]]) -> Result<Vec<WeightedClasses>> + 'a;
+/// Chooses, from each target's log-softmax rows, one or more objectives, each given as
+/// its terms per target.
+pub type ChooseObjectives<'a> = dyn FnMut(&[&[f32]]) -> Result<Vec<Vec<WeightedClasses>>> + 'a;
+
+/// Receives the gradient of objective `index` (called once per objective, in order).
+pub type EachGradient<'a> = dyn FnMut(usize, Vec<f32>) -> Result<()> + 'a;
 
 /// A hand-written backward pass for ONE example, used instead of the autodiff graph where
 /// it is faster (per-example gradients build, walk and free a whole graph per example).
 pub trait ExampleBackprop: Send + Sync {
-    /// Runs `input` teacher-forced against each of `targets` and hands each target's
-    /// log-softmax rows (`[target_len * output_size]`, row-major) to `weights`, which
-    /// returns, per target, the `(position, class, weight)` terms of the objective
-    /// `Σ weight · log p_position(class)`. Returns the objective's gradient as one flat
-    /// vector in [`ParamAccess::param_specs`] order.
-    fn gradient(
+    /// Runs `input` teacher-forced against each of `targets` once and hands each target's
+    /// log-softmax rows (`[target_len * output_size]`, row-major) to `objectives`, which
+    /// returns the objectives to differentiate: each is, per target, the
+    /// `(position, class, weight)` terms of `Σ weight · log p_position(class)`. Every
+    /// objective's gradient (one flat vector in [`ParamAccess::param_specs`] order) goes
+    /// to `each` as soon as it is computed, so one gradient is held at a time; the forward
+    /// pass is shared by all of them.
+    fn gradients(
         &self,
         input: &[u32],
         targets: &[Vec<u32>],
-        weights: &mut ChooseClasses<'_>,
-    ) -> Result<Vec<f32>>;
+        objectives: &mut ChooseObjectives<'_>,
+        each: &mut EachGradient<'_>,
+    ) -> Result<()>;
 }
 
 /// Loading a model of one architecture from its native checkpoint directory.

@@ -18,7 +18,8 @@ use anyhow::{ensure, Context, Result};
 use fisherkit_model::burn::backend::flex::{Flex, FlexTensor};
 use fisherkit_model::burn::tensor::{DType, Tensor};
 use fisherkit_model::{
-    matmul_transposed, ChooseClasses, ExampleBackprop, ParamAccess, ParamRef, FEW_ROWS,
+    matmul_transposed, ChooseObjectives, EachGradient, ExampleBackprop, ParamAccess, ParamRef,
+    FEW_ROWS,
 };
 use rayon::prelude::*;
 use std::collections::HashMap;
@@ -1187,12 +1188,13 @@ impl T5Backprop {
 }
 
 impl ExampleBackprop for T5Backprop {
-    fn gradient(
+    fn gradients(
         &self,
         input: &[u32],
         targets: &[Vec<u32>],
-        weights: &mut ChooseClasses<'_>,
-    ) -> Result<Vec<f32>> {
+        objectives: &mut ChooseObjectives<'_>,
+        each: &mut EachGradient<'_>,
+    ) -> Result<()> {
         self.check_ids(input, "input")?;
         for target in targets {
             self.check_ids(target, "target")?;
@@ -1214,35 +1216,37 @@ impl ExampleBackprop for T5Backprop {
             .collect();
 
         let rows: Vec<&[f32]> = passes.iter().map(|p| p.log_softmax.as_slice()).collect();
-        let picks = weights(&rows).context("choosing the classes to differentiate")?;
-        ensure!(
-            picks.len() == targets.len(),
-            "{} pick lists for {} targets",
-            picks.len(),
-            targets.len()
-        );
-
-        let mut grad = Gradient::new(self.num_params, self.num_weights);
-        let inner = self.config.inner_dim();
-        let mut dcross: Vec<KeyValues> = (0..self.decoder.len())
-            .map(|_| KeyValues {
-                k: vec![0.0; n * inner],
-                v: vec![0.0; n * inner],
-            })
-            .collect();
-        for (pass, picks) in passes.iter().zip(&picks) {
-            self.decode_backward(pass, picks, &cross_keys, &mut dcross, &mut grad)?;
+        let objectives = objectives(&rows).context("choosing the classes to differentiate")?;
+        for (index, picks) in objectives.iter().enumerate() {
+            ensure!(
+                picks.len() == targets.len(),
+                "{} pick lists for {} targets",
+                picks.len(),
+                targets.len()
+            );
+            let mut grad = Gradient::new(self.num_params, self.num_weights);
+            let inner = self.config.inner_dim();
+            let mut dcross: Vec<KeyValues> = (0..self.decoder.len())
+                .map(|_| KeyValues {
+                    k: vec![0.0; n * inner],
+                    v: vec![0.0; n * inner],
+                })
+                .collect();
+            for (pass, picks) in passes.iter().zip(picks) {
+                self.decode_backward(pass, picks, &cross_keys, &mut dcross, &mut grad)?;
+            }
+            // The encoder output feeds every decoder layer's cross-attention keys/values.
+            let mut dencoded = vec![0.0; n * self.config.d_model];
+            for (layer, d) in self.decoder.iter().zip(&dcross) {
+                let attention = &layer.cross_attention;
+                grad.linear(&attention.k, encoded, &d.k, n);
+                grad.linear(&attention.v, encoded, &d.v, n);
+                linear_input_grad(&d.k, n, &attention.k, &mut dencoded, true);
+                linear_input_grad(&d.v, n, &attention.v, &mut dencoded, true);
+            }
+            self.encode_backward(&encoder, &dencoded, &mut grad);
+            each(index, grad.values)?;
         }
-        // The encoder output feeds every decoder layer's cross-attention keys/values.
-        let mut dencoded = vec![0.0; n * self.config.d_model];
-        for (layer, d) in self.decoder.iter().zip(&dcross) {
-            let attention = &layer.cross_attention;
-            grad.linear(&attention.k, encoded, &d.k, n);
-            grad.linear(&attention.v, encoded, &d.v, n);
-            linear_input_grad(&d.k, n, &attention.k, &mut dencoded, true);
-            linear_input_grad(&d.v, n, &attention.v, &mut dencoded, true);
-        }
-        self.encode_backward(&encoder, &dencoded, &mut grad);
-        Ok(grad.values)
+        Ok(())
     }
 }

@@ -2,7 +2,7 @@
 //! (itself checked against finite differences in `model.rs`).
 
 use fisherkit_model::burn::tensor::{DType, Device, Tensor, TensorData};
-use fisherkit_model::{Example, LogProbModel, ParamAccess};
+use fisherkit_model::{Example, ExampleBackprop, LogProbModel, ParamAccess};
 use fisherkit_t5::{checkpoint, T5};
 
 mod common;
@@ -51,6 +51,54 @@ fn autodiff_gradient(
     (flat, rows)
 }
 
+/// The backward pass's gradients of several objectives from one call, and the
+/// log-softmax rows it handed out.
+fn backprop_gradients(
+    backprop: &dyn ExampleBackprop,
+    input: &[u32],
+    targets: &[Vec<u32>],
+    objectives: &[&Vec<Picks>],
+) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
+    let mut rows_seen = Vec::new();
+    let mut grads = Vec::new();
+    backprop
+        .gradients(
+            input,
+            targets,
+            &mut |rows| {
+                rows_seen = rows.iter().map(|r| r.to_vec()).collect();
+                Ok(objectives.iter().map(|&o| o.clone()).collect())
+            },
+            &mut |index, grad| {
+                assert_eq!(index, grads.len(), "objectives in order");
+                grads.push(grad);
+                Ok(())
+            },
+        )
+        .unwrap();
+    (rows_seen, grads)
+}
+
+/// One objective through [`backprop_gradients`]'s call, for the error cases.
+fn one_gradient(
+    backprop: &dyn ExampleBackprop,
+    input: &[u32],
+    targets: &[Vec<u32>],
+    picks: Picks,
+) -> anyhow::Result<Vec<f32>> {
+    let mut out = Vec::new();
+    backprop.gradients(
+        input,
+        targets,
+        &mut |_| Ok(vec![vec![picks.clone()]]),
+        &mut |_, g| {
+            out = g;
+            Ok(())
+        },
+    )?;
+    Ok(out)
+}
+
 fn assert_close(name: &str, got: &[f32], want: &[f32], tolerance: f32) {
     assert_eq!(got.len(), want.len(), "{name}: length");
     let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
@@ -96,32 +144,43 @@ fn backprop_equals_autodiff_for_every_feed_forward_and_head() {
                 ],
                 vec![(0, 12, 0.7), (1, 1, 1.0)],
             ];
-            let (want, want_rows) = autodiff_gradient(&model, &input, &targets, &picks);
-            let mut seen_rows = Vec::new();
-            let got = backprop
-                .gradient(&input, &targets, &mut |rows| {
-                    seen_rows = rows.iter().map(|r| r.to_vec()).collect();
-                    Ok(picks.clone())
+            // A second objective in the same call: the forward pass is shared, so the
+            // first backward pass must leave it intact.
+            let second: Vec<Picks> = picks
+                .iter()
+                .map(|p| {
+                    p.iter()
+                        .map(|&(t, c, w)| (t, (c + 5) % 23, -0.5 * w))
+                        .collect()
                 })
-                .unwrap();
-            for (s, (got, want)) in seen_rows.iter().zip(&want_rows).enumerate() {
-                assert_close(
-                    &format!("{proj} log-softmax of target {s}"),
-                    got,
-                    want,
-                    1e-5,
-                );
+                .collect();
+            let (want_rows, got) =
+                backprop_gradients(&*backprop, &input, &targets, &[&picks, &second]);
+            for (objective, picks) in [&picks, &second].into_iter().enumerate() {
+                let (want, rows) = autodiff_gradient(&model, &input, &targets, picks);
+                for (s, (got, want)) in got_rows.iter().zip(&rows).enumerate() {
+                    assert_close(
+                        &format!("{proj} log-softmax of target {s}"),
+                        got,
+                        want,
+                        1e-5,
+                    );
+                }
+                for spec in &model.param_specs() {
+                    let range = spec.offset..spec.offset + spec.numel();
+                    assert_close(
+                        &format!(
+                            "{proj} objective {objective} input {} {}",
+                            input.len(),
+                            spec.name
+                        ),
+                        &got[objective][range.clone()],
+                        &want[range],
+                        1e-4,
+                    );
+                }
             }
-            let specs = model.param_specs();
-            for spec in &specs {
-                let range = spec.offset..spec.offset + spec.numel();
-                assert_close(
-                    &format!("{proj} input {} {}", input.len(), spec.name),
-                    &got[range.clone()],
-                    &want[range],
-                    1e-4,
-                );
-            }
+            let got = &got[0];
             assert!(got.iter().any(|&g| g != 0.0));
         }
     }
@@ -147,17 +206,11 @@ fn bad_ids_and_pick_lists_are_errors() {
     let device = Device::flex().autodiff();
     let model = checkpoint::init(&micro_config(false), false, 1, &device).unwrap();
     let backprop = model.example_backprop().unwrap();
-    let none = |_: &[&[f32]]| Ok(vec![vec![]]);
-    let err = backprop
-        .gradient(&[3, 99], &[vec![1]], &mut none.clone())
-        .unwrap_err();
+    let backprop = &*backprop;
+    let err = one_gradient(backprop, &[3, 99], &[vec![1]], vec![]).unwrap_err();
     assert!(err.to_string().contains("token id 99"), "{err}");
-    let err = backprop
-        .gradient(&[3], &[vec![]], &mut none.clone())
-        .unwrap_err();
+    let err = one_gradient(backprop, &[3], &[vec![]], vec![]).unwrap_err();
     assert!(err.to_string().contains("empty target"), "{err}");
-    let err = backprop
-        .gradient(&[3], &[vec![4, 1]], &mut |_| Ok(vec![vec![(2, 0, 1.0)]]))
-        .unwrap_err();
+    let err = one_gradient(backprop, &[3], &[vec![4, 1]], vec![(2, 0, 1.0)]).unwrap_err();
     assert!(err.to_string().contains("out of range"), "{err}");
 }
