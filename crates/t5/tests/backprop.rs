@@ -133,7 +133,10 @@ fn backprop_equals_autodiff_for_every_feed_forward_and_head() {
             .expect("f32 CPU model has a backprop");
         let long_input: Vec<u32> = (0..40).map(|i| (i * 7 + 3) % 23).collect();
         for input in [vec![5, 9, 3, 17, 2, 11, 7, 1], long_input] {
-            let targets = vec![vec![4, 8, 15, 16, 1], vec![12, 1]];
+            // The third target is longer than the few-row limit (the output head's
+            // product then goes through gemm).
+            let long_target: Vec<u32> = (0..36).map(|i| (i * 5 + 2) % 23).collect();
+            let targets = vec![vec![4, 8, 15, 16, 1], vec![12, 1], long_target];
             let picks: Vec<Picks> = vec![
                 vec![
                     (0, 4, 1.0),
@@ -143,6 +146,7 @@ fn backprop_equals_autodiff_for_every_feed_forward_and_head() {
                     (2, 15, 2.0),
                 ],
                 vec![(0, 12, 0.7), (1, 1, 1.0)],
+                vec![(0, 3, 1.0), (35, 1, 1.0), (20, 7, 0.3)],
             ];
             // A second objective in the same call: the forward pass is shared, so the
             // first backward pass must leave it intact.
@@ -154,7 +158,7 @@ fn backprop_equals_autodiff_for_every_feed_forward_and_head() {
                         .collect()
                 })
                 .collect();
-            let (want_rows, got) =
+            let (got_rows, got) =
                 backprop_gradients(&*backprop, &input, &targets, &[&picks, &second]);
             for (objective, picks) in [&picks, &second].into_iter().enumerate() {
                 let (want, rows) = autodiff_gradient(&model, &input, &targets, picks);
