@@ -187,11 +187,21 @@ fn backprop_gradients_equal_autodiff_for_labels_and_tokens() {
         let fast_classes = example_classes(&fast, &item, &selection).unwrap();
         let slow_classes = example_classes(&slow, &item, &selection).unwrap();
         assert_eq!(fast_classes.classes.len(), slow_classes.classes.len());
+        // One scale for all classes: a class with p ≈ 1 has a near-zero gradient made of
+        // f32 cancellation noise at the level of the others' rounding.
+        let scale = slow_classes
+            .classes
+            .iter()
+            .flat_map(|c| &c.grad)
+            .fold(0f32, |m, v| m.max(v.abs()));
         for (f, s) in fast_classes.classes.iter().zip(&slow_classes.classes) {
             assert_eq!(f.pick, s.pick);
-            let scale = s.grad.iter().fold(0f32, |m, v| m.max(v.abs()));
             for (g, w) in f.grad.iter().zip(&s.grad) {
-                assert!((g - w).abs() <= 1e-4 * scale, "class {:?}", f.pick);
+                assert!(
+                    (g - w).abs() <= 1e-4 * scale,
+                    "class {:?}: {g} vs {w}",
+                    f.pick
+                );
             }
         }
     }
