@@ -187,14 +187,11 @@ fn dataset_fisher_is_the_batch_independent_mean_of_per_example_diagonals() {
         "--out",
         s(&npeff),
     ]);
-    assert!(
-        MappedFile::open(&npeff)
-            .unwrap()
-            .names_in_order()
-            .unwrap()
-            .len()
-            > 0
-    );
+    assert!(!MappedFile::open(&npeff)
+        .unwrap()
+        .names_in_order()
+        .unwrap()
+        .is_empty());
     let sparse = PefDir::open(&small).unwrap().read_all().unwrap();
     for r in 0..5 {
         let (_, full) = rows.row(r);
