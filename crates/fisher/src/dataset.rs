@@ -1,7 +1,7 @@
 //! The diagonal dataset Fisher (1/N) Σ_x F(x), with F(x) computed per example.
 
 use crate::select::{example_seed, sample_classes};
-use crate::{example_diagonal_streamed, ClassSelection, GradientModel};
+use crate::{example_diagonal_streamed, ClassSelection, GradientModel, CHUNK};
 use anyhow::{bail, Context, Result};
 use rand::SeedableRng;
 use rayon::prelude::*;
@@ -98,7 +98,7 @@ pub fn example_diagonal_given<M: GradientModel>(
 /// The squared gradient, or `None` if any entry is not finite. In place and on all cores:
 /// at tens of millions of parameters this pass is memory-bound.
 fn square_if_finite(mut grad: Vec<f32>) -> Option<Vec<f32>> {
-    grad.par_chunks_mut(1 << 16)
+    grad.par_chunks_mut(CHUNK)
         .all(|chunk| {
             chunk.iter_mut().fold(true, |finite, g| {
                 let ok = g.is_finite();
@@ -135,8 +135,8 @@ impl DatasetFisher {
             Some(d) => {
                 debug_assert_eq!(d.len(), self.sum.len());
                 self.sum
-                    .par_chunks_mut(1 << 16)
-                    .zip(d.par_chunks(1 << 16))
+                    .par_chunks_mut(CHUNK)
+                    .zip(d.par_chunks(CHUNK))
                     .for_each(|(sum, d)| {
                         sum.iter_mut().zip(d).for_each(|(s, &v)| *s += f64::from(v));
                     });

@@ -1,6 +1,6 @@
 //! One example's class gradients and the per-example Fishers built from them.
 
-use crate::{ClassSelection, GradientModel, Pick};
+use crate::{ClassSelection, GradientModel, Pick, CHUNK};
 use anyhow::{ensure, Result};
 use rayon::prelude::*;
 
@@ -106,7 +106,6 @@ pub fn example_diagonal_streamed<M: GradientModel>(
     log_probs: &[Vec<f32>],
     selection: &ClassSelection,
 ) -> Result<Option<Vec<f32>>> {
-    const CHUNK: usize = 1 << 16;
     if log_probs.iter().flatten().any(|v| v.is_nan()) {
         return Ok(None);
     }
@@ -124,7 +123,7 @@ pub fn example_diagonal_streamed<M: GradientModel>(
         check_length(&grad, n)?;
         let prob = kept[index].1;
         let term = |g: f32| prob * f64::from(g) * f64::from(g);
-        if sum.is_empty() {
+        if index == 0 {
             sum = grad.par_iter().map(|&g| term(g)).collect();
         } else {
             sum.par_chunks_mut(CHUNK)
@@ -136,7 +135,7 @@ pub fn example_diagonal_streamed<M: GradientModel>(
         result = grad;
         Ok(())
     })?;
-    if sum.is_empty() {
+    if kept.is_empty() {
         // No class kept (all below `min_prob`): the truncated sum is empty.
         return Ok(Some(vec![0.0; n]));
     }

@@ -5,7 +5,7 @@ use crate::data::{self, Dataset};
 use crate::model::{ModelGradients, Outputs};
 use crate::{
     dataset_fisher, example_classes_given, example_diagonal_streamed, predictions, top_k_diagonal,
-    top_k_low_rank, ClassSelection, FisherRun, GradientModel, Mode,
+    top_k_low_rank, ClassSelection, FisherRun, GradientModel, Mode, SparseDiagonal,
 };
 use anyhow::{bail, ensure, Context, Result};
 use fisherkit_common::progress;
@@ -310,29 +310,18 @@ pub fn run_pefs<M: LogProbModel>(source: &ModelSource<'_, M>, job: &PefJob) -> R
                     let diagonal =
                         example_diagonal_streamed(&grads, item, &log_probs, &job.selection)
                             .with_context(context)?;
-                    let mut ex = DiagonalExample {
-                        extras,
-                        ..Default::default()
-                    };
-                    match diagonal {
+                    let ex = match diagonal {
                         Some(diagonal) => {
-                            let sparse = top_k_diagonal(&diagonal, job.top_k)?;
-                            // npeff stores the kept values in descending order.
-                            let mut order: Vec<usize> = (0..sparse.values.len()).collect();
-                            order.sort_by(|&a, &b| {
-                                sparse.values[b]
-                                    .total_cmp(&sparse.values[a])
-                                    .then(a.cmp(&b))
-                            });
-                            ex.values = order.iter().map(|&j| sparse.values[j]).collect();
-                            ex.indices = order
-                                .iter()
-                                .map(|&j| u64::from(sparse.indices[j]))
-                                .collect();
-                            ex.norm = sparse.dense_norm as f32;
+                            diagonal_pef(top_k_diagonal(&diagonal, job.top_k)?, extras)
                         }
-                        None => skipped.push(index),
-                    }
+                        None => {
+                            skipped.push(index);
+                            DiagonalExample {
+                                extras,
+                                ..Default::default()
+                            }
+                        }
+                    };
                     writer.push_diagonal(&ex)?;
                 }
                 PefKind::LowRank => {
@@ -412,4 +401,23 @@ pub fn check_mode(mode: Mode, outputs: &OutputsSpec, top_k_classes: Option<usize
         bail!("--outputs tokens with --mode exact needs --top-k-classes K (the exact expectation over the whole vocabulary costs one backward pass per token)");
     }
     Ok(())
+}
+
+/// A sparse diagonal PEF as npeff stores it: kept values in descending order.
+fn diagonal_pef(sparse: SparseDiagonal, extras: ExampleExtras) -> DiagonalExample {
+    let mut order: Vec<usize> = (0..sparse.values.len()).collect();
+    order.sort_by(|&a, &b| {
+        sparse.values[b]
+            .total_cmp(&sparse.values[a])
+            .then(a.cmp(&b))
+    });
+    DiagonalExample {
+        values: order.iter().map(|&j| sparse.values[j]).collect(),
+        indices: order
+            .iter()
+            .map(|&j| u64::from(sparse.indices[j]))
+            .collect(),
+        norm: sparse.dense_norm as f32,
+        extras,
+    }
 }

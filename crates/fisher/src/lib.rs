@@ -30,6 +30,10 @@ pub use example::{
 pub use select::ClassSelection;
 pub use sparse::{top_k_diagonal, top_k_low_rank, SparseDiagonal, SparseLowRank};
 
+/// Values per parallel task in the passes over all parameters (squares, sums, top-k):
+/// large enough to amortise scheduling, small enough to balance the cores.
+pub(crate) const CHUNK: usize = 1 << 16;
+
 /// One parameter tensor's place in the flat parameter vector.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParamSpec {
@@ -81,12 +85,22 @@ pub trait GradientModel {
         picks: &[Vec<Pick>],
         each: &mut fisherkit_model::EachGradient<'_>,
     ) -> anyhow::Result<()> {
-        for (index, picks) in picks.iter().enumerate() {
-            each(index, self.grad(example, picks)?)?;
-        }
-        Ok(())
+        grads_one_by_one(self, example, picks, each)
     }
 
     /// The observed classes of an example (for the empirical Fisher).
     fn observed(&self, example: &Self::Example) -> anyhow::Result<Vec<Pick>>;
+}
+
+/// [`GradientModel::grads_each`] as separate [`GradientModel::grad`] calls (nothing shared).
+pub(crate) fn grads_one_by_one<M: GradientModel + ?Sized>(
+    model: &M,
+    example: &M::Example,
+    picks: &[Vec<Pick>],
+    each: &mut fisherkit_model::EachGradient<'_>,
+) -> anyhow::Result<()> {
+    for (index, picks) in picks.iter().enumerate() {
+        each(index, model.grad(example, picks)?)?;
+    }
+    Ok(())
 }

@@ -271,10 +271,7 @@ impl<M: LogProbModel> GradientModel for ModelGradients<'_, M> {
         each: &mut EachGradient<'_>,
     ) -> Result<()> {
         let Some(backprop) = &self.backprop else {
-            for (index, picks) in picks.iter().enumerate() {
-                each(index, self.grad(item, picks)?)?;
-            }
-            return Ok(());
+            return crate::grads_one_by_one(self, item, picks, each);
         };
         let targets = match &self.outputs {
             Outputs::Tokens => std::slice::from_ref(&item.example.target_ids),

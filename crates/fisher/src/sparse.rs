@@ -43,7 +43,7 @@ fn top_k_positions(parts: &[&[f32]], k: usize) -> Vec<usize> {
     let total: usize = parts.iter().map(|p| p.len()).sum();
     let piece = total
         .div_ceil(2 * rayon::current_num_threads())
-        .max(1 << 16);
+        .max(crate::CHUNK);
     let mut pieces: Vec<(usize, &[f32])> = Vec::new();
     let mut offset = 0;
     for part in parts {

@@ -25,10 +25,7 @@ use rayon::prelude::*;
 use std::collections::HashMap;
 
 use crate::config::{Activation, T5Config};
-use crate::model::{relative_position_bucket, T5};
-
-/// Added to attention scores of future positions (as in [`crate::model`]).
-const MASKED: f32 = -1e9;
+use crate::model::{relative_position_bucket, MASKED, T5};
 
 /// Products with at least this many multiply-adds run on all cores (burn-flex's
 /// threshold); smaller ones on the calling thread.
@@ -493,9 +490,12 @@ fn activate(activation: Activation, z: f32) -> f32 {
     }
 }
 
+/// √(2/π) and the cubic coefficient of the tanh approximation of GELU.
+const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+const GELU_CUBIC: f32 = 0.044715;
+
 fn gelu_tanh_inner(z: f32) -> f32 {
-    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
-    SQRT_2_OVER_PI * (z + 0.044715 * z * z * z)
+    SQRT_2_OVER_PI * (z + GELU_CUBIC * z * z * z)
 }
 
 /// d act(z) / dz.
@@ -508,10 +508,9 @@ fn activate_grad(activation: Activation, z: f32) -> f32 {
             cdf + z * pdf
         }
         Activation::GeluTanh => {
-            const SQRT_2_OVER_PI: f32 = 0.797_884_6;
             let t = gelu_tanh_inner(z).tanh();
             0.5 * (1.0 + t)
-                + 0.5 * z * (1.0 - t * t) * SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * z * z)
+                + 0.5 * z * (1.0 - t * t) * SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_CUBIC * z * z)
         }
         Activation::Silu => {
             let s = 1.0 / (1.0 + (-z).exp());
@@ -533,8 +532,9 @@ struct FeedForward {
 struct Attention {
     norm: Norm,
     q: Vec<f32>,
-    /// Keys/values of a self-attention (cross-attention keeps them in [`KeyValues`]).
-    kv: Option<(Vec<f32>, Vec<f32>)>,
+    /// Keys/values of a self-attention (cross-attention's are shared by the decoder
+    /// passes, outside this state).
+    own: Option<KeyValues>,
     /// Attention weights per head, `[queries, keys]` each.
     probs: Vec<Vec<f32>>,
     context: Vec<f32>,
@@ -826,28 +826,19 @@ impl T5Backprop {
     ) -> (Attention, Vec<f32>) {
         let norm = norm_forward(x.to_vec(), norm_w, self.config.layer_norm_epsilon);
         let q = linear(&norm.output, rows, &w.q);
-        let kv = cross.is_none().then(|| {
-            (
-                linear(&norm.output, rows, &w.k),
-                linear(&norm.output, rows, &w.v),
-            )
+        let own = cross.is_none().then(|| KeyValues {
+            k: linear(&norm.output, rows, &w.k),
+            v: linear(&norm.output, rows, &w.v),
         });
-        let (k, v, keys) = match (&kv, cross) {
-            (Some((k, v)), _) => (k.as_slice(), v.as_slice(), rows),
-            (None, Some(c)) => (
-                c.k.as_slice(),
-                c.v.as_slice(),
-                c.k.len() / self.config.inner_dim(),
-            ),
-            (None, None) => unreachable!("either own or cross keys"),
-        };
-        let (probs, context) = self.attend(&q, k, v, rows, keys, bias);
+        let kv = own.as_ref().or(cross).expect("own or cross keys");
+        let keys = kv.k.len() / self.config.inner_dim();
+        let (probs, context) = self.attend(&q, &kv.k, &kv.v, rows, keys, bias);
         let out = linear(&context, rows, &w.o);
         (
             Attention {
                 norm,
                 q,
-                kv,
+                own,
                 probs,
                 context,
             },
@@ -873,13 +864,14 @@ impl T5Backprop {
         grad.linear(&w.o, &state.context, dout, rows);
         let mut dcontext = vec![0.0; rows * inner];
         linear_input_grad(dout, rows, &w.o, &mut dcontext, false);
-        let (k, v, keys) = match (&state.kv, &cross) {
-            (Some((k, v)), _) => (k.as_slice(), v.as_slice(), rows),
-            (None, Some((c, _))) => (c.k.as_slice(), c.v.as_slice(), c.k.len() / inner),
-            (None, None) => unreachable!("either own or cross keys"),
-        };
+        let kv = state
+            .own
+            .as_ref()
+            .or(cross.as_ref().map(|(c, _)| *c))
+            .expect("own or cross keys");
+        let keys = kv.k.len() / inner;
         let (dq, dk, dv, dscores) =
-            self.attend_backward(&state.q, k, v, &state.probs, &dcontext, rows, keys);
+            self.attend_backward(&state.q, &kv.k, &kv.v, &state.probs, &dcontext, rows, keys);
         let x = &state.norm.output;
         let mut dnorm = vec![0.0; rows * self.config.d_model];
         grad.linear(&w.q, x, &dq, rows);
@@ -926,18 +918,6 @@ struct EncoderPass {
 }
 
 impl T5Backprop {
-    fn check_ids(&self, ids: &[u32], what: &str) -> Result<()> {
-        let vocab = self.config.vocab_size;
-        ensure!(
-            !ids.is_empty(),
-            "empty {what}: at least one token is needed"
-        );
-        if let Some(bad) = ids.iter().find(|&&id| id as usize >= vocab) {
-            anyhow::bail!("{what} token id {bad} is outside the vocabulary (vocab_size {vocab})");
-        }
-        Ok(())
-    }
-
     fn output_weight(&self) -> &Weight {
         self.lm_head.as_ref().unwrap_or(&self.shared)
     }
@@ -985,9 +965,7 @@ impl T5Backprop {
     /// Teacher-forced decoder pass over `target` (shifted right behind the start token).
     fn decode(&self, target: &[u32], cross_keys: &[KeyValues]) -> DecoderPass {
         let config = &self.config;
-        let decoder_ids: Vec<u32> = std::iter::once(config.decoder_start_token_id)
-            .chain(target[..target.len() - 1].iter().copied())
-            .collect();
+        let decoder_ids = config.decoder_input(target);
         let m = decoder_ids.len();
         let (bias, buckets) = position_bias(config, &self.decoder_table, m, m, true);
         let mut x = self.embed(&decoder_ids);
@@ -1195,9 +1173,9 @@ impl ExampleBackprop for T5Backprop {
         objectives: &mut ChooseObjectives<'_>,
         each: &mut EachGradient<'_>,
     ) -> Result<()> {
-        self.check_ids(input, "input")?;
+        self.config.check_ids(input, "input")?;
         for target in targets {
-            self.check_ids(target, "target")?;
+            self.config.check_ids(target, "target")?;
         }
         let encoder = self.encode(input);
         let n = input.len();

@@ -217,6 +217,27 @@ impl T5Config {
         self.num_heads * self.d_kv
     }
 
+    /// An input or target id sequence must be non-empty and inside the vocabulary.
+    pub(crate) fn check_ids(&self, ids: &[u32], what: &str) -> Result<()> {
+        anyhow::ensure!(
+            !ids.is_empty(),
+            "empty {what}: at least one token is needed"
+        );
+        let vocab = self.vocab_size;
+        if let Some(bad) = ids.iter().find(|&&id| id as usize >= vocab) {
+            bail!("{what} token id {bad} is outside the vocabulary (vocab_size {vocab})");
+        }
+        Ok(())
+    }
+
+    /// The teacher-forced decoder input of a target: shifted right behind
+    /// `decoder_start_token_id`.
+    pub(crate) fn decoder_input(&self, target: &[u32]) -> Vec<u32> {
+        std::iter::once(self.decoder_start_token_id)
+            .chain(target[..target.len().saturating_sub(1)].iter().copied())
+            .collect()
+    }
+
     /// Whether the decoder output is multiplied by d_model^-0.5 before `lm_head`.
     pub fn scales_decoder_output(&self) -> bool {
         self.scale_decoder_outputs

@@ -16,7 +16,7 @@ use crate::config::{Activation, T5Config};
 
 /// Added to attention scores where a key must not be attended to. exp() of it
 /// underflows to exactly 0, as HF's `finfo.min` does.
-const MASKED: f32 = -1e9;
+pub(crate) const MASKED: f32 = -1e9;
 
 /// Generates `params` / `params_mut`, which push `(hf_name, param)` in checkpoint order,
 /// from one list so that the shared and mutable views can never disagree.
@@ -499,23 +499,11 @@ impl T5 {
         out
     }
 
-    fn check_ids(&self, ids: &[u32], what: &str) -> Result<()> {
-        ensure!(
-            !ids.is_empty(),
-            "empty {what}: at least one token is needed"
-        );
-        let vocab = self.config.vocab_size;
-        if let Some(bad) = ids.iter().find(|&&id| id as usize >= vocab) {
-            anyhow::bail!("{what} token id {bad} is outside the vocabulary (vocab_size {vocab})");
-        }
-        Ok(())
-    }
-
     /// Pad sequences to the longest with `pad_token_id` and build the padding mask.
     pub(crate) fn pad(&self, sequences: &[Vec<u32>], what: &str) -> Result<Padded> {
         ensure!(!sequences.is_empty(), "empty batch");
         for seq in sequences {
-            self.check_ids(seq, what)?;
+            self.config.check_ids(seq, what)?;
         }
         let len = sequences.iter().map(Vec::len).max().unwrap_or(0);
         let batch = sequences.len();
@@ -687,16 +675,12 @@ impl T5 {
             targets.len()
         );
         for target in targets {
-            self.check_ids(target, "target")?;
+            self.config.check_ids(target, "target")?;
         }
         let encoded = self.encode(inputs)?;
         let shifted: Vec<Vec<u32>> = targets
             .iter()
-            .map(|t| {
-                std::iter::once(self.config.decoder_start_token_id)
-                    .chain(t[..t.len() - 1].iter().copied())
-                    .collect()
-            })
+            .map(|t| self.config.decoder_input(t))
             .collect();
         let decoder_ids = self.pad(&shifted, "target")?.ids;
         let mut cache = self.start_decoding(&encoded);
