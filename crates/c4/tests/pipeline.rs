@@ -414,19 +414,16 @@ fn bad_files_are_counted_and_the_run_continues() {
     );
 }
 
-/// `shared/` sits beside the repository root; worktrees may sit one level deeper.
-fn shared(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .ancestors()
-        .map(|a| a.join("shared").join(rel))
-        .find(|p| p.exists())
-        .unwrap_or_else(|| panic!("shared/{rel} not found"))
+/// The repository's test data (`testdata/`, copied from the fixtures' sources with
+/// provenance).
+fn testdata(rel: &str) -> PathBuf {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata")).join(rel)
 }
 
 #[test]
 fn real_wet_files_sanity() {
     let dir = tempfile::tempdir().unwrap();
-    let real = shared("c4-real");
+    let real = testdata("c4-real");
     let inputs: Vec<PathBuf> = (0..3)
         .map(|i| real.join(format!("c4test-{i:05}.warc.wet.gz")))
         .collect();

@@ -139,10 +139,10 @@ fn clean(a: CleanArgs) -> anyhow::Result<()> {
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// Real WET files to time (default: ../shared/c4-real/*.warc.wet.gz).
+    /// Real WET files to time (default: testdata/c4-real/*.warc.wet.gz).
     #[arg(long, num_args = 1..)]
     input: Vec<String>,
-    /// Bad-words list (default: ../shared/c4-real/badwords-en.txt).
+    /// Bad-words list (default: testdata/c4-real/badwords-en.txt).
     #[arg(long)]
     badwords: Option<PathBuf>,
     /// Size of the generated corpus in MB of WET text.
@@ -154,15 +154,15 @@ pub struct BenchArgs {
 }
 
 pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
-    let shared = "../shared/c4-real";
+    let real = "testdata/c4-real";
     let input = if a.input.is_empty() {
-        vec![format!("{shared}/*.warc.wet.gz")]
+        vec![format!("{real}/*.warc.wet.gz")]
     } else {
         a.input
     };
     let badwords = a
         .badwords
-        .unwrap_or_else(|| PathBuf::from(format!("{shared}/badwords-en.txt")));
+        .unwrap_or_else(|| PathBuf::from(format!("{real}/badwords-en.txt")));
     fisherkit_c4::bench::run(&fisherkit_c4::bench::BenchConfig {
         inputs: fisherkit_c4::pipeline::expand_inputs(&input)?,
         badwords: Badwords::from_file(&badwords)?,

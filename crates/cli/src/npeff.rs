@@ -239,7 +239,7 @@ pub struct BenchArgs {
     #[arg(long)]
     no_peer: bool,
     /// The peer script.
-    #[arg(long, default_value = "../shared/bench/nmf_sklearn_peer.py")]
+    #[arg(long, default_value = "scripts/peers/nmf_sklearn_peer.py")]
     peer: PathBuf,
     #[arg(long)]
     threads: Option<usize>,

@@ -3,14 +3,14 @@
 
 mod support;
 
-use support::{run, shared, stderr};
+use support::{run, testdata, stderr};
 
 #[test]
 fn clean_runs_on_a_real_file_then_refuses_to_overwrite() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
-    let input = shared("c4-real/c4test-00002.warc.wet.gz");
-    let badwords = shared("c4-real/badwords-en.txt");
+    let input = testdata("c4-real/c4test-00002.warc.wet.gz");
+    let badwords = testdata("c4-real/badwords-en.txt");
     let args = [
         "c4",
         "clean",
@@ -52,7 +52,7 @@ fn clean_runs_on_a_real_file_then_refuses_to_overwrite() {
 #[test]
 fn missing_badwords_file_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
-    let input = shared("c4-real/c4test-00000.warc.wet.gz");
+    let input = testdata("c4-real/c4test-00000.warc.wet.gz");
     let o = run(&[
         "c4",
         "clean",

@@ -10,7 +10,7 @@ use support::{ok, s};
 /// A shared fixture directory as a `&'static str` for argument arrays (a few bytes
 /// leaked per call, in tests only).
 fn fixture(name: &str) -> &'static str {
-    let path = support::shared(&format!("fixtures/{name}"));
+    let path = support::testdata(&format!("fixtures/{name}"));
     Box::leak(s(&path).to_string().into_boxed_str())
 }
 

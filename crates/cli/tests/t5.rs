@@ -1,16 +1,16 @@
 //! `fisherkit init | score | generate` through the binary: the Hugging Face fixtures
-//! (`shared/fixtures/t5-tiny-v1{0,1}`) reproduced from the command line, reproducible
+//! (`testdata/fixtures/t5-tiny-v1{0,1}`) reproduced from the command line, reproducible
 //! initialisation, and bad input refused with a message naming the file and line.
 
 mod support;
 
 use serde_json::Value;
 use std::path::Path;
-use support::{fails, ok, s, shared};
+use support::{fails, ok, s, testdata};
 
 /// The fixture's cases as a JSONL file of ids, and the parsed cases.
 fn fixture_cases(name: &str, dir: &Path) -> (String, Vec<Value>) {
-    let text = std::fs::read_to_string(shared(&format!("fixtures/{name}/cases.json"))).unwrap();
+    let text = std::fs::read_to_string(testdata(&format!("fixtures/{name}/cases.json"))).unwrap();
     let cases: Value = serde_json::from_str(&text).unwrap();
     let cases = cases["cases"].as_array().unwrap().clone();
     let jsonl: String = cases
@@ -44,7 +44,7 @@ fn floats(v: &Value) -> Vec<f64> {
 fn check_fixture(name: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let (data, cases) = fixture_cases(name, tmp.path());
-    let model = shared(&format!("fixtures/{name}"));
+    let model = testdata(&format!("fixtures/{name}"));
     // Batch size 2 splits the cases into several padded batches.
     let scores = json_lines(&ok(&[
         "score",
@@ -161,7 +161,7 @@ fn init_is_reproducible_and_the_model_scores() {
 #[test]
 fn bad_input_is_named() {
     let tmp = tempfile::tempdir().unwrap();
-    let model = shared("fixtures/t5-tiny-v10");
+    let model = testdata("fixtures/t5-tiny-v10");
     let write = |name: &str, text: &str| {
         let path = tmp.path().join(name);
         std::fs::write(&path, text).unwrap();

@@ -9,7 +9,7 @@ use fisherkit_t5::T5;
 
 const V10: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../../../shared/fixtures/t5-tiny-v10"
+    "/../../testdata/fixtures/t5-tiny-v10"
 );
 
 fn load(device: &Device) -> T5 {

@@ -276,7 +276,7 @@ impl T5Config {
     pub fn preset(name: &str) -> Result<Self> {
         // (d_model, d_kv, d_ff, layers, heads, gated v1.1 style)
         let (d_model, d_kv, d_ff, layers, heads, v11, vocab) = match name {
-            // The project's quick-benchmark shape (as in shared/bench/hf_t5_peer.py "tiny").
+            // The project's quick-benchmark shape (as in scripts/peers/hf_t5_peer.py "tiny").
             "tiny" => (256, 32, 1024, 4, 8, true, 8000),
             "t5-small" => (512, 64, 2048, 6, 8, false, 32128),
             "t5-base" => (768, 64, 3072, 12, 12, false, 32128),

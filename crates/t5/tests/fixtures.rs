@@ -1,4 +1,4 @@
-//! The library against the Hugging Face fixtures (`shared/fixtures/t5-tiny-v1{0,1}`):
+//! The library against the Hugging Face fixtures (`testdata/fixtures/t5-tiny-v1{0,1}`):
 //! teacher-forced log-probabilities, first-step logits, encoder checksums, greedy and
 //! beam-search ids.
 
@@ -30,7 +30,7 @@ struct Cases {
 fn fixture(name: &str) -> (T5, Cases) {
     let dir = PathBuf::from(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/fixtures"
+        "/../../testdata/fixtures"
     ))
     .join(name);
     let model = checkpoint::load(&dir, &Device::flex()).unwrap();

@@ -16,7 +16,7 @@ use common::{micro_batch, micro_config};
 fn fixture_dir(name: &str) -> PathBuf {
     PathBuf::from(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/fixtures"
+        "/../../testdata/fixtures"
     ))
     .join(name)
 }
