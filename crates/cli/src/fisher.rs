@@ -5,6 +5,7 @@
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand, ValueEnum};
 use fisherkit_fisher::job::{self, FisherJob, OutputsSpec, PefJob};
+use fisherkit_fisher::model::GradientRoute;
 use fisherkit_fisher::{ClassSelection, Mode};
 use std::path::PathBuf;
 
@@ -75,6 +76,28 @@ struct SourceArgs {
     /// always taken one example at a time).
     #[arg(long, default_value_t = 8)]
     batch_size: usize,
+    /// Where per-example gradients come from: the model parts' hand-written backward
+    /// pass (fast), burn's autodiff, or fast where the model allows it (auto) — the two
+    /// agree, so this is for cross-checking and for devices the fast pass does not cover.
+    #[arg(long, value_enum, default_value = "auto")]
+    gradients: GradientsArg,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum GradientsArg {
+    Auto,
+    Fast,
+    Autodiff,
+}
+
+impl From<GradientsArg> for GradientRoute {
+    fn from(arg: GradientsArg) -> Self {
+        match arg {
+            GradientsArg::Auto => GradientRoute::Auto,
+            GradientsArg::Fast => GradientRoute::Fast,
+            GradientsArg::Autodiff => GradientRoute::Autodiff,
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -163,6 +186,7 @@ fn compute_fisher(args: ComputeArgs) -> anyhow::Result<()> {
                 examples: args.source.examples,
                 batch_size: args.source.batch_size,
                 seed: args.seed,
+                gradients: args.source.gradients.into(),
             },
         )
     })?;
@@ -250,6 +274,7 @@ pub fn pefs(args: PefsArgs) -> anyhow::Result<()> {
                 batch_size: args.source.batch_size,
                 examples_per_shard: args.examples_per_shard,
                 overwrite: args.force,
+                gradients: args.source.gradients.into(),
             },
         )
     })?;

@@ -26,6 +26,20 @@ pub struct InitArgs {
     /// tokenizer.json to copy into the model directory.
     #[arg(long)]
     tokenizer: Option<PathBuf>,
+    /// Encoder and decoder depth (depth against width at a fixed budget, with --d-ff and
+    /// --heads).
+    #[arg(long)]
+    layers: Option<usize>,
+    /// Feed-forward width.
+    #[arg(long)]
+    d_ff: Option<usize>,
+    /// Attention heads.
+    #[arg(long)]
+    heads: Option<usize>,
+    /// Any config.json key, e.g. `--set feed_forward_proj=gated-silu --set
+    /// norm_type=layer` (repeatable; README "Model switches" lists the switches).
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_setting)]
+    settings: Vec<(String, String)>,
     /// Seed of the random initialisation.
     #[arg(long)]
     seed: u64,
@@ -37,8 +51,27 @@ pub struct InitArgs {
     force: bool,
 }
 
+fn parse_setting(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
+        _ => Err(format!("expected KEY=VALUE, got {text:?}")),
+    }
+}
+
 pub fn init(args: InitArgs) -> Result<()> {
-    let mut config = T5Config::preset(&args.preset)?;
+    let mut settings = Vec::new();
+    for (key, value) in [
+        ("num_layers", args.layers),
+        ("num_decoder_layers", args.layers),
+        ("d_ff", args.d_ff),
+        ("num_heads", args.heads),
+    ] {
+        if let Some(value) = value {
+            settings.push((key.to_string(), value.to_string()));
+        }
+    }
+    settings.extend(args.settings.iter().cloned());
+    let mut config = T5Config::preset(&args.preset)?.with_settings(&settings)?;
     if let Some(path) = &args.tokenizer {
         let tokenizer = TextTokenizer::load(path, config.eos_token_id)?;
         let size = tokenizer.vocab_size();

@@ -472,6 +472,7 @@ fn fisher(opts: &Options, model_dir: &Path, data_dir: &Path, task: &str, out: &P
                 examples: Some(opts.fisher_examples),
                 batch_size: 8,
                 seed: opts.seed,
+                gradients: Default::default(),
             },
         )
     })?;

@@ -2,7 +2,7 @@
 //! write the Fisher file (merge's format) or the PEF directory (npeff's format).
 
 use crate::data::{self, Dataset};
-use crate::model::{ModelGradients, Outputs};
+use crate::model::{GradientRoute, ModelGradients, Outputs};
 use crate::{
     dataset_fisher, example_classes_given, example_diagonal_streamed, predictions, top_k_diagonal,
     top_k_low_rank, ClassSelection, FisherRun, GradientModel, Mode, SparseDiagonal,
@@ -99,6 +99,7 @@ pub struct FisherJob {
     pub examples: Option<usize>,
     pub batch_size: usize,
     pub seed: u64,
+    pub gradients: GradientRoute,
 }
 
 /// Examples used when `--examples` is not given (the reference's default is
@@ -123,7 +124,7 @@ pub fn run_fisher<M: LogProbModel>(
         &job.outputs,
         Some(job.examples.unwrap_or(DEFAULT_EXAMPLES)),
     )?;
-    let grads = ModelGradients::new(source.model, outputs.clone())?;
+    let grads = ModelGradients::with_route(source.model, outputs.clone(), job.gradients)?;
     let selection = ClassSelection {
         top_k_per_position: job.top_k_classes,
         ..Default::default()
@@ -202,6 +203,7 @@ pub struct PefJob {
     pub batch_size: usize,
     pub examples_per_shard: usize,
     pub overwrite: bool,
+    pub gradients: GradientRoute,
 }
 
 /// Summary of a finished PEF job.
@@ -215,7 +217,7 @@ pub struct PefSummary {
 pub fn run_pefs<M: LogProbModel>(source: &ModelSource<'_, M>, job: &PefJob) -> Result<PefSummary> {
     job.selection.validate()?;
     let (outputs, dataset) = load_data(source, &job.data, &job.outputs, job.examples)?;
-    let grads = ModelGradients::new(source.model, outputs.clone())?;
+    let grads = ModelGradients::with_route(source.model, outputs.clone(), job.gradients)?;
     let n_params = crate::param_count(grads.params());
     ensure!(
         job.top_k <= n_params,

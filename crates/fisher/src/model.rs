@@ -29,6 +29,19 @@ pub struct Item {
     pub label: Option<usize>,
 }
 
+/// Where per-example gradients come from (`--gradients`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum GradientRoute {
+    /// The model's own backward pass when it has one (f32 parameters on the CPU), else
+    /// burn's autodiff.
+    #[default]
+    Auto,
+    /// The model's own backward pass; an error when it has none.
+    Fast,
+    /// burn's autodiff, even where the model has its own backward pass (to cross-check).
+    Autodiff,
+}
+
 /// A model on an autodiff device, seen as a [`GradientModel`].
 pub struct ModelGradients<'a, M> {
     model: &'a M,
@@ -42,8 +55,25 @@ pub struct ModelGradients<'a, M> {
 impl<'a, M: LogProbModel> ModelGradients<'a, M> {
     /// Gradients from the model's own backward pass where it has one, else autodiff.
     pub fn new(model: &'a M, outputs: Outputs) -> Result<Self> {
+        Self::with_route(model, outputs, GradientRoute::Auto)
+    }
+
+    /// Gradients from the chosen route; the choice is reported once (tracing, info).
+    pub fn with_route(model: &'a M, outputs: Outputs, route: GradientRoute) -> Result<Self> {
         let mut gradients = Self::autodiff(model, outputs)?;
-        gradients.backprop = model.example_backprop();
+        if route != GradientRoute::Autodiff {
+            gradients.backprop = model.example_backprop();
+        }
+        ensure!(
+            route != GradientRoute::Fast || gradients.backprop.is_some(),
+            "--gradients fast: this model has no hand-written backward pass here (it needs \
+             f32 parameters on the CPU); use --gradients autodiff or auto"
+        );
+        if gradients.backprop.is_some() {
+            tracing::info!("per-example gradients: the model parts' hand-written backward pass");
+        } else {
+            tracing::info!("per-example gradients: burn autodiff");
+        }
         Ok(gradients)
     }
 

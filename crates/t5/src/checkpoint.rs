@@ -14,7 +14,7 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use rand_distr::{Distribution, Normal};
 
-use crate::config::T5Config;
+use crate::config::{ResidualKind, T5Config};
 use crate::model::T5;
 
 pub const CONFIG_FILE: &str = "config.json";
@@ -196,21 +196,48 @@ pub fn save(model: &T5, dir: &Path, tokenizer: Option<&Path>, overwrite: bool) -
     staged.commit()
 }
 
-/// The standard deviation HF / mesh TF draw each parameter from (`None`: a norm weight,
-/// initialised to 1).
-fn init_std(name: &str, config: &T5Config) -> Option<f64> {
+/// How one parameter starts.
+enum Init {
+    Normal(f64),
+    Ones,
+    Zeros,
+}
+
+/// The reference initialisation of each parameter (HF / mesh TF: normal with a per-kind
+/// standard deviation, norm weights 1), and for the switches' parameters: biases and
+/// ReZero's α 0, absolute positions like token embeddings, a factorised embedding's
+/// projection `width^-½`; with Fixup, each residual branch's last projection (`o`, `wo`)
+/// 0, its other projections scaled by `L^-½` (L residual branches, two layers each) and
+/// its multiplier 1.
+fn init_of(name: &str, config: &T5Config) -> Result<Init> {
     let factor = config.initializer_factor;
     let d_model = config.d_model as f64;
-    let leaf = name.rsplit('.').nth(1).unwrap_or(name);
+    let fixup = config.norm_type()?.residual == ResidualKind::Fixup;
+    let mut parts = name.rsplit('.');
+    let (last, leaf) = (parts.next().unwrap_or(name), parts.next().unwrap_or(name));
+    match last {
+        "residual_scale" if fixup => return Ok(Init::Ones),
+        "bias" | "residual_scale" | "residual_bias_in" | "residual_bias_out" => {
+            return Ok(Init::Zeros)
+        }
+        _ => {}
+    }
+    let branches = 2 * config.num_layers + 3 * config.decoder_layers();
+    let branch_scale = match leaf {
+        "o" | "wo" if fixup => return Ok(Init::Zeros),
+        "q" | "k" | "v" | "wi" | "wi_0" | "wi_1" if fixup => (branches as f64).powf(-0.5),
+        _ => 1.0,
+    };
     let std = match leaf {
-        "shared" | "lm_head" => 1.0,
+        "shared" | "lm_head" | "embed_positions" => 1.0,
+        "projection" => (config.embedding_width() as f64).powf(-0.5),
         "q" => (d_model * config.d_kv as f64).powf(-0.5),
         "k" | "v" | "relative_attention_bias" | "wi" | "wi_0" | "wi_1" => d_model.powf(-0.5),
         "o" => (config.inner_dim() as f64).powf(-0.5),
         "wo" => (config.d_ff as f64).powf(-0.5),
-        _ => return None,
+        _ => return Ok(Init::Ones),
     };
-    Some(factor * std)
+    Ok(Init::Normal(factor * std * branch_scale))
 }
 
 /// A randomly initialised model with the reference initialisation, reproducible from
@@ -220,15 +247,16 @@ pub fn init(config: &T5Config, untied_lm_head: bool, seed: u64, device: &Device)
     let mut model = T5::skeleton(config, untied_lm_head, device)?;
     for (index, (name, mut param)) in model.named_params_mut().into_iter().enumerate() {
         let numel: usize = param_shape(&param).iter().product();
-        let values = match init_std(&name, config) {
-            Some(std) => {
+        let values = match init_of(&name, config)? {
+            Init::Normal(std) => {
                 let mut rng = StdRng::seed_from_u64(
                     seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
                 );
                 let normal = Normal::new(0.0f32, std as f32).expect("positive std");
                 (0..numel).map(|_| normal.sample(&mut rng)).collect()
             }
-            None => vec![1.0f32; numel],
+            Init::Ones => vec![1.0f32; numel],
+            Init::Zeros => vec![0.0f32; numel],
         };
         param
             .set_f32(&values)

@@ -59,6 +59,30 @@ pub struct T5Config {
     pub classifier_dropout: f64,
     #[serde(default = "defaults::model_type")]
     pub model_type: String,
+    // The transformer-modification switches (fisherkit keys; absent = T5 as published).
+    // README "Model switches" lists them.
+    /// `rms` (T5), `layer`, `rezero`, `rezero_layer`, `rezero_rms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub norm_type: Option<String>,
+    /// `relative` (T5), `absolute`, `sinusoidal`, `rotary`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position_embedding_type: Option<String>,
+    /// Reach of absolute and sinusoidal positions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_position_embeddings: Option<usize>,
+    /// Base of rotary frequencies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_theta: Option<f64>,
+    /// Inner width of factorised embeddings (`None` = `d_model`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embedding_dim: Option<usize>,
+    /// `none`, `encoder`, `decoder`, `all`: one block per stack, applied every layer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub share_layers: Option<String>,
+    /// Grouped-query attention: key/value heads shared by groups of query heads (HF's
+    /// key; `None` = `num_heads`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_key_value_heads: Option<usize>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
@@ -111,47 +135,73 @@ mod defaults {
     }
 }
 
-/// Activation of the feed-forward block.
+pub use fisherkit_nn::{Activation, FeedForwardKind, NormKind, PositionKind, ResidualKind};
+
+/// `norm_type`: which normalisation each sublayer (and each stack's end) has, and how
+/// its residual branch is joined.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Activation {
-    Relu,
-    /// Exact (erf) GELU, HF `gelu`.
-    Gelu,
-    /// tanh approximation, HF `gelu_new` (what `gated-gelu` means).
-    GeluTanh,
-    Silu,
+pub struct NormType {
+    /// `None`: no normalisation.
+    pub norm: Option<NormKind>,
+    pub residual: ResidualKind,
 }
 
-/// Parsed `feed_forward_proj`: `"{act}"` or `"gated-{act}"`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct FeedForwardKind {
-    pub gated: bool,
-    pub activation: Activation,
-}
+pub const NORM_TYPES: &[&str] = &[
+    "rms",
+    "layer",
+    "rezero",
+    "rezero_layer",
+    "rezero_rms",
+    "fixup",
+];
 
-impl FeedForwardKind {
-    pub fn parse(proj: &str) -> Result<Self> {
-        let (gated, act) = match proj.split_once('-') {
-            Some(("gated", act)) => (true, act),
-            Some(_) => bail!(
-                "unknown feed_forward_proj {proj:?}: expected \"{{act}}\" or \"gated-{{act}}\", e.g. \"relu\" or \"gated-gelu\""
-            ),
-            None => (false, proj),
-        };
-        let activation = match act {
-            "relu" => Activation::Relu,
-            // HF maps `gated-gelu` to the tanh approximation for backwards compatibility.
-            "gelu" if gated => Activation::GeluTanh,
-            "gelu" => Activation::Gelu,
-            "gelu_new" | "gelu_pytorch_tanh" => Activation::GeluTanh,
-            "silu" | "swish" => Activation::Silu,
+impl NormType {
+    pub fn parse(name: &str) -> Result<Self> {
+        let (norm, residual) = match name {
+            "rms" => (Some(NormKind::Rms), ResidualKind::Plain),
+            "layer" => (Some(NormKind::Layer), ResidualKind::Plain),
+            "rezero" => (None, ResidualKind::ReZero),
+            "rezero_layer" => (Some(NormKind::Layer), ResidualKind::ReZero),
+            "rezero_rms" => (Some(NormKind::Rms), ResidualKind::ReZero),
+            "fixup" => (None, ResidualKind::Fixup),
             other => bail!(
-                "unknown feed_forward_proj {proj:?}: activation {other:?} is not one of relu, gelu, gelu_new, silu"
+                "unknown norm_type {other:?}; valid values: {}",
+                NORM_TYPES.join(", ")
             ),
         };
-        Ok(Self { gated, activation })
+        Ok(Self { norm, residual })
     }
 }
+
+/// `share_layers`: which stacks apply one block at every layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShareLayers {
+    pub encoder: bool,
+    pub decoder: bool,
+}
+
+pub const SHARE_LAYERS: &[&str] = &["none", "encoder", "decoder", "all"];
+
+impl ShareLayers {
+    pub fn parse(name: &str) -> Result<Self> {
+        let (encoder, decoder) = match name {
+            "none" => (false, false),
+            "encoder" => (true, false),
+            "decoder" => (false, true),
+            "all" => (true, true),
+            other => bail!(
+                "unknown share_layers {other:?}; valid values: {}",
+                SHARE_LAYERS.join(", ")
+            ),
+        };
+        Ok(Self { encoder, decoder })
+    }
+}
+
+/// Reach of absolute/sinusoidal positions when `max_position_embeddings` is absent.
+pub const DEFAULT_MAX_POSITIONS: usize = 512;
+/// Rotary frequency base when `rope_theta` is absent.
+pub const DEFAULT_ROPE_THETA: f64 = 10000.0;
 
 impl T5Config {
     /// Read and validate `config.json`.
@@ -168,6 +218,9 @@ impl T5Config {
 
     pub fn validate(&self) -> Result<()> {
         FeedForwardKind::parse(&self.feed_forward_proj)?;
+        self.norm_type()?;
+        self.share_layers()?;
+        let positions = self.position_kind()?;
         for (name, value) in [
             ("vocab_size", self.vocab_size),
             ("d_model", self.d_model),
@@ -186,6 +239,33 @@ impl T5Config {
             if value == 0 {
                 bail!("{name} must be positive");
             }
+        }
+        if let Some(width) = self.embedding_dim {
+            if width == 0 {
+                bail!("embedding_dim must be positive");
+            }
+            if width != self.d_model && self.tie_word_embeddings {
+                bail!(
+                    "embedding_dim {width} differs from d_model {}: a factorised embedding cannot be tied to the output head; set \"tie_word_embeddings\": false",
+                    self.d_model
+                );
+            }
+        }
+        let kv_heads = self.kv_heads();
+        if kv_heads == 0 || self.num_heads % kv_heads != 0 {
+            bail!(
+                "num_key_value_heads {kv_heads} must divide num_heads {} (grouped-query attention)",
+                self.num_heads
+            );
+        }
+        if positions == PositionKind::Rotary && self.d_kv % 2 != 0 {
+            bail!("rotary positions need an even d_kv (got {})", self.d_kv);
+        }
+        if self.max_positions() == 0 {
+            bail!("max_position_embeddings must be positive");
+        }
+        if !(self.rope_theta() > 1.0) {
+            bail!("rope_theta {} must be greater than 1", self.rope_theta());
         }
         if !(0.0..1.0).contains(&self.dropout_rate) {
             bail!("dropout_rate {} is not in [0, 1)", self.dropout_rate);
@@ -207,6 +287,35 @@ impl T5Config {
 
     pub fn feed_forward(&self) -> FeedForwardKind {
         FeedForwardKind::parse(&self.feed_forward_proj).expect("validated on construction")
+    }
+
+    pub fn norm_type(&self) -> Result<NormType> {
+        NormType::parse(self.norm_type.as_deref().unwrap_or("rms"))
+    }
+
+    pub fn position_kind(&self) -> Result<PositionKind> {
+        PositionKind::parse(self.position_embedding_type.as_deref().unwrap_or("relative"))
+    }
+
+    pub fn share_layers(&self) -> Result<ShareLayers> {
+        ShareLayers::parse(self.share_layers.as_deref().unwrap_or("none"))
+    }
+
+    pub fn kv_heads(&self) -> usize {
+        self.num_key_value_heads.unwrap_or(self.num_heads)
+    }
+
+    pub fn max_positions(&self) -> usize {
+        self.max_position_embeddings.unwrap_or(DEFAULT_MAX_POSITIONS)
+    }
+
+    pub fn rope_theta(&self) -> f64 {
+        self.rope_theta.unwrap_or(DEFAULT_ROPE_THETA)
+    }
+
+    /// The embedding table's width.
+    pub fn embedding_width(&self) -> usize {
+        self.embedding_dim.unwrap_or(self.d_model)
     }
 
     pub fn decoder_layers(&self) -> usize {
@@ -272,6 +381,55 @@ impl T5Config {
         value
     }
 
+    /// The keys `config.json` may set (every field, including the switches).
+    pub fn known_keys() -> Vec<String> {
+        let mut all = Self::default();
+        all.num_decoder_layers = Some(0);
+        all.scale_decoder_outputs = Some(false);
+        all.norm_type = Some(String::new());
+        all.position_embedding_type = Some(String::new());
+        all.max_position_embeddings = Some(0);
+        all.rope_theta = Some(0.0);
+        all.embedding_dim = Some(0);
+        all.share_layers = Some(String::new());
+        all.num_key_value_heads = Some(0);
+        let value = serde_json::to_value(&all).expect("config serialises");
+        let mut keys: Vec<String> = value
+            .as_object()
+            .expect("config is an object")
+            .keys()
+            .cloned()
+            .collect();
+        keys.sort();
+        keys
+    }
+
+    /// This config with `KEY=VALUE` settings applied (`fisherkit init --set`): a value
+    /// is read as JSON when it parses (numbers, booleans, `null`), else as a string. An
+    /// unknown key, a value of the wrong type or an invalid combination is an error
+    /// naming the key.
+    pub fn with_settings(&self, settings: &[(String, String)]) -> Result<Self> {
+        let known = Self::known_keys();
+        let mut value = serde_json::to_value(self).expect("config serialises");
+        let object = value.as_object_mut().expect("config is an object");
+        for (key, text) in settings {
+            if !known.contains(key) {
+                bail!(
+                    "unknown config key {key:?}; valid keys: {}",
+                    known.join(", ")
+                );
+            }
+            let parsed = serde_json::from_str(text).unwrap_or_else(|_| Value::from(text.as_str()));
+            object.insert(key.clone(), parsed);
+        }
+        let config: Self = serde_json::from_value(value).with_context(|| {
+            let keys: Vec<&str> = settings.iter().map(|(k, _)| k.as_str()).collect();
+            format!("--set {}: a value has the wrong type", keys.join(", "))
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
     /// A named preset (`fisherkit init --preset`).
     pub fn preset(name: &str) -> Result<Self> {
         // (d_model, d_kv, d_ff, layers, heads, gated v1.1 style)
@@ -299,7 +457,8 @@ impl T5Config {
             num_heads: heads,
             feed_forward_proj: if v11 { "gated-gelu" } else { "relu" }.into(),
             tie_word_embeddings: !v11,
-            scale_decoder_outputs: Some(!v11),
+            // Derived from `tie_word_embeddings`, so `--set tie_word_embeddings=...` moves both.
+            scale_decoder_outputs: None,
             ..Self::default()
         };
         Ok(config)

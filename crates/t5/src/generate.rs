@@ -69,11 +69,11 @@ fn step_scores(
     tokens: &[u32],
     forbid_eos: bool,
     kind: StepScores,
-) -> Vec<Vec<f32>> {
+) -> Result<Vec<Vec<f32>>> {
     let device = model.device();
     let ids: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
     let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [tokens.len(), 1]), &device);
-    let logits = model.decode(cache, ids);
+    let logits = model.decode(cache, ids)?;
     let [rows, _, vocab] = logits.dims();
     let logits = logits.reshape([rows, vocab]);
     let scores = match kind {
@@ -82,7 +82,7 @@ fn step_scores(
     };
     let scores: Vec<f32> = scores.try_into_vec_as::<f32>().expect("f32 readback");
     let eos = model.config().eos_token_id as usize;
-    scores
+    Ok(scores
         .chunks(vocab)
         .map(|row| {
             let mut row = row.to_vec();
@@ -91,7 +91,7 @@ fn step_scores(
             }
             row
         })
-        .collect()
+        .collect())
 }
 
 fn argmax(row: &[f32]) -> u32 {
@@ -137,7 +137,7 @@ fn greedy(model: &T5, inputs: &[Vec<u32>], options: &GenerateOptions) -> Result<
     let mut last = vec![config.decoder_start_token_id; inputs.len()];
     for step in 0..options.max_new_tokens {
         let forbid_eos = step < options.min_new_tokens;
-        let rows = step_scores(model, &mut cache, &last, forbid_eos, StepScores::Logits);
+        let rows = step_scores(model, &mut cache, &last, forbid_eos, StepScores::Logits)?;
         for (i, row) in rows.iter().enumerate() {
             // Finished rows keep decoding padding (as HF does) but nothing is recorded.
             let token = if finished[i] {
@@ -209,7 +209,7 @@ fn beam_search(
     let mut last = vec![config.decoder_start_token_id; inputs.len() * k];
     for step in 0..options.max_new_tokens {
         let forbid_eos = step < options.min_new_tokens;
-        let log_probs = step_scores(model, &mut cache, &last, forbid_eos, StepScores::LogProbs);
+        let log_probs = step_scores(model, &mut cache, &last, forbid_eos, StepScores::LogProbs)?;
         let mut next_rows = Vec::with_capacity(inputs.len() * k);
         let mut next_beams = Vec::with_capacity(inputs.len() * k);
         let mut next_scores = Vec::with_capacity(inputs.len() * k);

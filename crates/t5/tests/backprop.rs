@@ -6,7 +6,7 @@ use fisherkit_model::{Example, ExampleBackprop, LogProbModel, ParamAccess};
 use fisherkit_t5::{checkpoint, T5};
 
 mod common;
-use common::micro_config;
+use common::{micro_config, switch_model, switches};
 
 type Picks = Vec<(usize, usize, f32)>;
 
@@ -110,9 +110,66 @@ fn assert_close(name: &str, got: &[f32], want: &[f32], tolerance: f32) {
     }
 }
 
-/// Every architecture switch the model has: ReLU tied (v1.0), gated GELU untied (v1.1),
-/// plain exact GELU, gated SiLU; several target sequences with several weighted classes
-/// per position, inputs and targets shorter and longer than the few-row kernel's limit.
+/// The backward pass against autodiff on one model: several target sequences with
+/// several weighted classes per position, two objectives sharing one forward pass,
+/// inputs and targets shorter and longer than the few-row kernel's limit.
+fn check_backprop(model: &T5, label: &str) {
+    let vocab = model.output_size() as u32;
+    let backprop = model
+        .example_backprop()
+        .expect("f32 CPU model has a backprop");
+    let long_input: Vec<u32> = (0..40).map(|i| (i * 7 + 3) % vocab).collect();
+    for input in [vec![5, 9, 3, 17, 2, 11, 7, 1], long_input] {
+        // The third target is longer than the few-row limit (the output head's
+        // product then goes through gemm).
+        let long_target: Vec<u32> = (0..36).map(|i| (i * 5 + 2) % vocab).collect();
+        let targets = vec![vec![4, 8, 15, 16, 1], vec![12, 1], long_target];
+        let picks: Vec<Picks> = vec![
+            vec![
+                (0, 4, 1.0),
+                (1, 8, 1.0),
+                (1, 3, 0.5),
+                (4, 1, -0.25),
+                (2, 15, 2.0),
+            ],
+            vec![(0, 12, 0.7), (1, 1, 1.0)],
+            vec![(0, 3, 1.0), (35, 1, 1.0), (20, 7, 0.3)],
+        ];
+        // A second objective in the same call: the forward pass is shared, so the
+        // first backward pass must leave it intact.
+        let second: Vec<Picks> = picks
+            .iter()
+            .map(|p| {
+                p.iter()
+                    .map(|&(t, c, w)| (t, (c + 5) % vocab as usize, -0.5 * w))
+                    .collect()
+            })
+            .collect();
+        let (got_rows, got) = backprop_gradients(&*backprop, &input, &targets, &[&picks, &second]);
+        for (objective, picks) in [&picks, &second].into_iter().enumerate() {
+            let (want, rows) = autodiff_gradient(model, &input, &targets, picks);
+            for (s, (got, want)) in got_rows.iter().zip(&rows).enumerate() {
+                assert_close(&format!("{label} log-softmax of target {s}"), got, want, 1e-5);
+            }
+            for spec in &model.param_specs() {
+                let range = spec.offset..spec.offset + spec.numel();
+                assert_close(
+                    &format!(
+                        "{label} objective {objective} input {} {}",
+                        input.len(),
+                        spec.name
+                    ),
+                    &got[objective][range.clone()],
+                    &want[range],
+                    1e-4,
+                );
+            }
+        }
+        assert!(got[0].iter().any(|&g| g != 0.0));
+    }
+}
+
+/// ReLU tied (v1.0), gated GELU untied (v1.1), plain exact GELU, gated SiLU.
 #[test]
 fn backprop_equals_autodiff_for_every_feed_forward_and_head() {
     let variants = [
@@ -128,65 +185,17 @@ fn backprop_equals_autodiff_for_every_feed_forward_and_head() {
         config.scale_decoder_outputs = Some(!untied);
         let device = Device::flex().autodiff();
         let model = checkpoint::init(&config, untied, 11, &device).unwrap();
-        let backprop = model
-            .example_backprop()
-            .expect("f32 CPU model has a backprop");
-        let long_input: Vec<u32> = (0..40).map(|i| (i * 7 + 3) % 23).collect();
-        for input in [vec![5, 9, 3, 17, 2, 11, 7, 1], long_input] {
-            // The third target is longer than the few-row limit (the output head's
-            // product then goes through gemm).
-            let long_target: Vec<u32> = (0..36).map(|i| (i * 5 + 2) % 23).collect();
-            let targets = vec![vec![4, 8, 15, 16, 1], vec![12, 1], long_target];
-            let picks: Vec<Picks> = vec![
-                vec![
-                    (0, 4, 1.0),
-                    (1, 8, 1.0),
-                    (1, 3, 0.5),
-                    (4, 1, -0.25),
-                    (2, 15, 2.0),
-                ],
-                vec![(0, 12, 0.7), (1, 1, 1.0)],
-                vec![(0, 3, 1.0), (35, 1, 1.0), (20, 7, 0.3)],
-            ];
-            // A second objective in the same call: the forward pass is shared, so the
-            // first backward pass must leave it intact.
-            let second: Vec<Picks> = picks
-                .iter()
-                .map(|p| {
-                    p.iter()
-                        .map(|&(t, c, w)| (t, (c + 5) % 23, -0.5 * w))
-                        .collect()
-                })
-                .collect();
-            let (got_rows, got) =
-                backprop_gradients(&*backprop, &input, &targets, &[&picks, &second]);
-            for (objective, picks) in [&picks, &second].into_iter().enumerate() {
-                let (want, rows) = autodiff_gradient(&model, &input, &targets, picks);
-                for (s, (got, want)) in got_rows.iter().zip(&rows).enumerate() {
-                    assert_close(
-                        &format!("{proj} log-softmax of target {s}"),
-                        got,
-                        want,
-                        1e-5,
-                    );
-                }
-                for spec in &model.param_specs() {
-                    let range = spec.offset..spec.offset + spec.numel();
-                    assert_close(
-                        &format!(
-                            "{proj} objective {objective} input {} {}",
-                            input.len(),
-                            spec.name
-                        ),
-                        &got[objective][range.clone()],
-                        &want[range],
-                        1e-4,
-                    );
-                }
-            }
-            let got = &got[0];
-            assert!(got.iter().any(|&g| g != 0.0));
-        }
+        check_backprop(&model, proj);
+    }
+}
+
+/// Every transformer-modification switch (README "Model switches") takes the fast path
+/// and agrees with autodiff.
+#[test]
+fn backprop_equals_autodiff_for_every_switch() {
+    for (label, settings) in switches() {
+        let model = switch_model(&settings, 11, &Device::flex().autodiff());
+        check_backprop(&model, label);
     }
 }
 

@@ -11,7 +11,7 @@ use fisherkit_model::{Example, LogProbModel, ParamAccess, ParamMut};
 use fisherkit_t5::{checkpoint, relative_position_bucket, T5Config, T5};
 
 mod common;
-use common::{micro_batch, micro_config};
+use common::{micro_batch, micro_config, switch_model, switches};
 
 fn fixture_dir(name: &str) -> PathBuf {
     PathBuf::from(concat!(
@@ -85,48 +85,70 @@ fn loss_f64(model: &T5, batch: &[Example]) -> f64 {
 }
 
 /// Central differences in f64 against backward() for a few coordinates of every
-/// parameter, for both the v1.0 and the gated v1.1 layout.
+/// parameter.
+fn check_finite_differences(model: &mut T5, label: &str) {
+    model.cast_params(DType::F64).unwrap();
+    let batch = micro_batch();
+    let loss = model.target_logprobs(&batch).unwrap().sum();
+    let grads = model.gradients(&loss.backward()).unwrap();
+    let specs = model.param_specs();
+    let h = 1e-6;
+    for (spec, (name, grad)) in specs.iter().zip(&grads) {
+        let values: Vec<f64> = {
+            let params = model.named_params();
+            params
+                .iter()
+                .find(|(n, _)| n == name)
+                .unwrap()
+                .1
+                .to_vec::<f64>()
+                .unwrap()
+        };
+        for k in 0..3 {
+            let index = (k * 7919 + 13) % spec.numel();
+            let mut eval = |delta: f64| {
+                let mut perturbed = values.clone();
+                perturbed[index] += delta;
+                set(model, name, perturbed);
+                loss_f64(model, &batch)
+            };
+            let numeric = (eval(h) - eval(-h)) / (2.0 * h);
+            set(model, name, values.clone());
+            let analytic = grad[index] as f64;
+            let scale = numeric.abs().max(analytic.abs()).max(1e-3);
+            assert!(
+                (numeric - analytic).abs() / scale < 1e-4,
+                "{label} {name}[{index}]: numeric {numeric} vs backward {analytic}"
+            );
+        }
+    }
+}
+
+/// The v1.0 and the gated v1.1 layout.
 #[test]
 fn finite_difference_gradients_f64() {
     for gated in [false, true] {
         let config = micro_config(gated);
         let device = Device::flex().autodiff();
         let mut model = checkpoint::init(&config, gated, 7, &device).unwrap();
-        model.cast_params(DType::F64).unwrap();
-        let batch = micro_batch();
-        let loss = model.target_logprobs(&batch).unwrap().sum();
-        let grads = model.gradients(&loss.backward()).unwrap();
-        let specs = model.param_specs();
-        let h = 1e-6;
-        for (spec, (name, grad)) in specs.iter().zip(&grads) {
-            let values: Vec<f64> = {
-                let params = model.named_params();
-                params
-                    .iter()
-                    .find(|(n, _)| n == name)
-                    .unwrap()
-                    .1
-                    .to_vec::<f64>()
-                    .unwrap()
-            };
-            for k in 0..3 {
-                let index = (k * 7919 + 13) % spec.numel();
-                let mut eval = |delta: f64| {
-                    let mut perturbed = values.clone();
-                    perturbed[index] += delta;
-                    set(&mut model, name, perturbed);
-                    loss_f64(&model, &batch)
-                };
-                let numeric = (eval(h) - eval(-h)) / (2.0 * h);
-                set(&mut model, name, values.clone());
-                let analytic = grad[index] as f64;
-                let scale = numeric.abs().max(analytic.abs()).max(1e-3);
-                assert!(
-                    (numeric - analytic).abs() / scale < 1e-4,
-                    "gated={gated} {name}[{index}]: numeric {numeric} vs backward {analytic}"
-                );
-            }
+        check_finite_differences(&mut model, &format!("gated={gated}"));
+    }
+}
+
+/// Every transformer-modification switch: autodiff of the burn forward against
+/// finite differences, and every parameter reached by the loss.
+#[test]
+fn finite_difference_gradients_f64_for_every_switch() {
+    for (label, settings) in switches() {
+        let mut model = switch_model(&settings, 7, &Device::flex().autodiff());
+        let loss = model.target_logprobs(&micro_batch()).unwrap().sum();
+        for (name, grad) in model.gradients(&loss.backward()).unwrap() {
+            assert!(
+                grad.iter().any(|&g| g != 0.0) && grad.iter().all(|g| g.is_finite()),
+                "{label} {name}: gradient all zero or not finite"
+            );
         }
+        check_finite_differences(&mut model, label);
     }
 }
 
@@ -210,6 +232,59 @@ fn preset_parameter_counts_match_the_spec() {
     let config = micro_config(true);
     let model = checkpoint::init(&config, true, 0, &Device::flex()).unwrap();
     assert_eq!(model.num_params(), count(&config));
+}
+
+/// Parameters of a config counted from the switches' definitions alone (README "Model
+/// switches"), independently of the model code.
+fn count_with_switches(config: &T5Config) -> usize {
+    let (d, ff) = (config.d_model, config.d_ff);
+    let (inner, kv_inner) = (config.inner_dim(), config.kv_heads() * config.d_kv);
+    let norm_type = config.norm_type.as_deref().unwrap_or("rms");
+    let norm = match norm_type {
+        "rms" | "rezero_rms" => d,
+        "layer" | "rezero_layer" => 2 * d,
+        _ => 0,
+    };
+    let residual = match norm_type {
+        "rezero" | "rezero_layer" | "rezero_rms" => 1,
+        "fixup" => 3,
+        _ => 0,
+    };
+    let sublayer = norm + residual;
+    let attention = 2 * d * inner + 2 * d * kv_inner;
+    let ffn = if config.feed_forward().gated { 3 * d * ff } else { 2 * d * ff };
+    let positions = match config.position_embedding_type.as_deref().unwrap_or("relative") {
+        "relative" => config.relative_attention_num_buckets * config.num_heads,
+        "absolute" => config.max_positions() * d,
+        _ => 0,
+    };
+    let share = config.share_layers.as_deref().unwrap_or("none");
+    let encoder_blocks = if matches!(share, "encoder" | "all") { 1 } else { config.num_layers };
+    let decoder_blocks = if matches!(share, "decoder" | "all") { 1 } else { config.decoder_layers() };
+    let encoder = encoder_blocks * (attention + ffn + 2 * sublayer) + positions + norm;
+    let decoder = decoder_blocks * (2 * attention + ffn + 3 * sublayer) + positions + norm;
+    let width = config.embedding_width();
+    let embedding = config.vocab_size * width + if width != d { d * width } else { 0 };
+    let head = if config.tie_word_embeddings { 0 } else { config.vocab_size * d };
+    embedding + encoder + decoder + head
+}
+
+/// Every switch on the `tiny` preset: the model's parameter count equals the closed form
+/// (the README's switch table quotes these numbers).
+#[test]
+fn switch_parameter_counts_match_closed_forms() {
+    let tiny = T5Config::preset("tiny").unwrap();
+    for (label, settings) in switches() {
+        let settings: Vec<(String, String)> = settings
+            .iter()
+            .filter(|(k, _)| !matches!(*k, "d_kv" | "num_heads" | "num_decoder_layers"))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let config = tiny.with_settings(&settings).unwrap();
+        let model = T5::skeleton(&config, !config.tie_word_embeddings, &Device::flex()).unwrap();
+        assert_eq!(model.num_params(), count_with_switches(&config), "{label}");
+        eprintln!("tiny {label}: {}", model.num_params());
+    }
 }
 
 fn tensors_of(path: &Path) -> HashMap<String, (Vec<usize>, Vec<f32>)> {

@@ -1,0 +1,121 @@
+//! Model parts: every architecture fisherkit runs is assembled from these, and each part
+//! is written once.
+//!
+//! A part is a burn [`Module`](fisherkit_model::burn::module::Module) with
+//! - its parameters, listed under checkpoint names by one visitor ([`param_list!`]) that
+//!   produces both the shared and the mutable view, so they cannot disagree;
+//! - its burn forward pass (any device, any float dtype, autodiff or not);
+//! - `bind`, which looks its parameters up in a [`cpu::Binder`] and returns its CPU
+//!   mirror: an f32 forward pass that keeps exactly what the backward pass needs, and the
+//!   backward pass, which writes weight gradients straight into their slots of one flat
+//!   gradient ([`cpu::Gradient`]).
+//!
+//! Parts: [`Linear`], [`Norm`] (RMS or Layer), [`Activation`]s and [`FeedForward`] (dense
+//! or gated), [`Attention`] (multi-head and grouped-query, self or cross, key/value cache)
+//! with [`position`] encodings (T5 relative buckets, absolute learned, sinusoidal,
+//! rotary), [`Embedding`] (optionally factorised), [`Residual`] (plain or ReZero),
+//! [`Sublayer`], [`Block`] and [`Stack`] (layers optionally shared).
+
+pub mod activation;
+pub mod attention;
+pub mod cpu;
+pub mod embedding;
+pub mod feed_forward;
+pub mod linear;
+pub mod norm;
+pub mod position;
+pub mod residual;
+pub mod stack;
+
+pub use activation::{Activation, FeedForwardKind};
+pub use attention::{Attention, AttentionNames, KeyValue};
+pub use embedding::Embedding;
+pub use feed_forward::{FeedForward, FeedForwardNames};
+pub use linear::Linear;
+pub use norm::{Norm, NormKind};
+pub use position::{Positions, PositionKind, RelativeBias};
+pub use residual::{Residual, ResidualKind};
+pub use stack::{Block, Inner, Stack, Sublayer};
+
+use fisherkit_model::burn::module::Param;
+use fisherkit_model::burn::tensor::{Device, Distribution, Tensor};
+
+/// Generates `params` / `params_mut`, which push `(name, param)` in checkpoint order,
+/// from one list so that the shared and mutable views can never disagree.
+///
+/// Entries: `param "name" => field`, `optional "name" => field` (an `Option<Param>`),
+/// `child "prefix." => field` (a part with its own list), `optional_child "prefix." =>
+/// field` (an `Option` of one), `children "prefix." => field` (a `Vec` of parts,
+/// numbered). A name may also be `[names.key]`: the string in the part's `names` field.
+#[macro_export]
+macro_rules! param_list {
+    ($ty:ty { $($entry:tt)* }) => {
+        impl $ty {
+            pub fn params<'a>(&'a self, prefix: &str, out: &mut Vec<(String, $crate::ParamRef<'a>)>) {
+                $crate::param_list!(@walk self, prefix, out, params, ParamRef, [&], $($entry)*);
+            }
+            pub fn params_mut<'a>(&'a mut self, prefix: &str, out: &mut Vec<(String, $crate::ParamMut<'a>)>) {
+                $crate::param_list!(@walk self, prefix, out, params_mut, ParamMut, [&mut], $($entry)*);
+            }
+        }
+    };
+    (@name $s:ident, [names . $key:ident]) => { $s.names.$key };
+    (@name $s:ident, $name:literal) => { $name };
+    (@walk $s:ident, $p:ident, $o:ident, $f:ident, $K:ident, [$($b:tt)*], param $name:tt => $field:ident, $($rest:tt)*) => {
+        $o.push((format!("{}{}", $p, $crate::param_list!(@name $s, $name)), $crate::$K::from($($b)* $s.$field)));
+        $crate::param_list!(@walk $s, $p, $o, $f, $K, [$($b)*], $($rest)*);
+    };
+    (@walk $s:ident, $p:ident, $o:ident, $f:ident, $K:ident, [$($b:tt)*], optional $name:tt => $field:ident, $($rest:tt)*) => {
+        if let Some(param) = $($b)* $s.$field {
+            $o.push((format!("{}{}", $p, $crate::param_list!(@name $s, $name)), $crate::$K::from(param)));
+        }
+        $crate::param_list!(@walk $s, $p, $o, $f, $K, [$($b)*], $($rest)*);
+    };
+    (@walk $s:ident, $p:ident, $o:ident, $f:ident, $K:ident, [$($b:tt)*], child $name:tt => $field:ident, $($rest:tt)*) => {
+        $s.$field.$f(&format!("{}{}", $p, $crate::param_list!(@name $s, $name)), $o);
+        $crate::param_list!(@walk $s, $p, $o, $f, $K, [$($b)*], $($rest)*);
+    };
+    (@walk $s:ident, $p:ident, $o:ident, $f:ident, $K:ident, [$($b:tt)*], optional_child $name:tt => $field:ident, $($rest:tt)*) => {
+        if let Some(child) = $($b)* $s.$field {
+            child.$f(&format!("{}{}", $p, $crate::param_list!(@name $s, $name)), $o);
+        }
+        $crate::param_list!(@walk $s, $p, $o, $f, $K, [$($b)*], $($rest)*);
+    };
+    (@walk $s:ident, $p:ident, $o:ident, $f:ident, $K:ident, [$($b:tt)*], children $name:tt => $field:ident, $($rest:tt)*) => {
+        for (i, child) in ($($b)* $s.$field).into_iter().enumerate() {
+            child.$f(&format!("{}{}{}.", $p, $crate::param_list!(@name $s, $name), i), $o);
+        }
+        $crate::param_list!(@walk $s, $p, $o, $f, $K, [$($b)*], $($rest)*);
+    };
+    (@walk $s:ident, $p:ident, $o:ident, $f:ident, $K:ident, [$($b:tt)*],) => {};
+}
+
+pub use fisherkit_model::{ParamMut, ParamRef};
+
+/// A parameter of the given shape filled with zeros (skeletons are filled from a
+/// checkpoint or an initialiser afterwards).
+pub fn zeros<const D: usize>(shape: [usize; D], device: &Device) -> Param<Tensor<D>> {
+    Param::from_tensor(Tensor::zeros(shape, device))
+}
+
+pub fn ones<const D: usize>(shape: [usize; D], device: &Device) -> Param<Tensor<D>> {
+    Param::from_tensor(Tensor::ones(shape, device))
+}
+
+/// Dropout that is active only when the model is in training mode (independent of
+/// whether the device records gradients).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Dropout {
+    pub rate: f64,
+}
+
+impl Dropout {
+    pub fn apply<const D: usize>(self, x: Tensor<D>) -> Tensor<D> {
+        if self.rate <= 0.0 {
+            return x;
+        }
+        let keep = 1.0 - self.rate;
+        let mask = x.random_like(Distribution::Bernoulli(keep));
+        x * mask / keep
+    }
+}
