@@ -9,8 +9,9 @@ use std::path::Path;
 use support::{fails, ok, s, testdata};
 
 /// The fixture's cases as a JSONL file of ids, and the parsed cases.
+/// `name`: the fixture's directory under `testdata/`.
 fn fixture_cases(name: &str, dir: &Path) -> (String, Vec<Value>) {
-    let text = std::fs::read_to_string(testdata(&format!("fixtures/{name}/cases.json"))).unwrap();
+    let text = std::fs::read_to_string(testdata(&format!("{name}/cases.json"))).unwrap();
     let cases: Value = serde_json::from_str(&text).unwrap();
     let cases = cases["cases"].as_array().unwrap().clone();
     let jsonl: String = cases
@@ -21,7 +22,7 @@ fn fixture_cases(name: &str, dir: &Path) -> (String, Vec<Value>) {
             format!("{line}\n")
         })
         .collect();
-    let path = dir.join(format!("{name}.jsonl"));
+    let path = dir.join(format!("{}.jsonl", name.replace('/', "-")));
     std::fs::write(&path, jsonl).unwrap();
     (path.to_str().unwrap().to_string(), cases)
 }
@@ -44,7 +45,7 @@ fn floats(v: &Value) -> Vec<f64> {
 fn check_fixture(name: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let (data, cases) = fixture_cases(name, tmp.path());
-    let model = testdata(&format!("fixtures/{name}"));
+    let model = testdata(name);
     // Batch size 2 splits the cases into several padded batches.
     let scores = json_lines(&ok(&[
         "score",
@@ -91,12 +92,17 @@ fn check_fixture(name: &str) {
 
 #[test]
 fn fixture_v10_scores_and_decodes_like_transformers() {
-    check_fixture("t5-tiny-v10");
+    check_fixture("fixtures/t5-tiny-v10");
 }
 
 #[test]
 fn fixture_v11_scores_and_decodes_like_transformers() {
-    check_fixture("t5-tiny-v11");
+    check_fixture("fixtures/t5-tiny-v11");
+}
+
+#[test]
+fn fixture_swiglu_scores_and_decodes_like_transformers() {
+    check_fixture("generated/t5-tiny-swiglu");
 }
 
 #[test]
