@@ -328,3 +328,34 @@ fn every_switch_trains_saves_and_loads() {
         eprintln!("{label}: {before:.3} → {after:.3}");
     }
 }
+
+/// `bench matmul`: one rate per shape and thread count, each the shape's 2·m·k·n flops
+/// over its measured time.
+#[test]
+fn bench_matmul_rates_are_flops_over_time() {
+    let out = ok(&[
+        "bench",
+        "matmul",
+        "--sizes",
+        "64",
+        "--repeats",
+        "1",
+        "--json",
+    ]);
+    let report: Value = serde_json::from_str(&out).unwrap();
+    let rates = report["rates"].as_array().unwrap();
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    assert_eq!(rates.len(), 2 * if threads > 1 { 2 } else { 1 });
+    for rate in rates {
+        let shape: Vec<f64> = floats(&rate["shape"]);
+        let flops = 2.0 * shape.iter().product::<f64>();
+        let (gflops, seconds) = (
+            rate["gflops"].as_f64().unwrap(),
+            rate["seconds"].as_f64().unwrap(),
+        );
+        assert!(
+            seconds > 0.0 && (gflops * seconds * 1e9 - flops).abs() < 1e-6 * flops,
+            "{rate}"
+        );
+    }
+}

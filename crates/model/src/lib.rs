@@ -20,6 +20,7 @@
 //! [`ParamAccess::gradients`].
 
 mod linear;
+pub mod peak;
 
 use std::path::Path;
 
