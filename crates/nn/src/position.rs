@@ -317,8 +317,9 @@ impl Rotary {
         let [_, _, len, d] = x.dims();
         let half = d / 2;
         let (cos, sin) = self.tables(first, len, d);
+        let (device, dtype) = (x.device(), x.dtype());
         let table = |v: Vec<f32>| {
-            Tensor::<2>::from_data(TensorData::new(v, [len, d]), (&x.device(), x.dtype()))
+            Tensor::<2>::from_data(TensorData::new(v, [len, d]), (&device, dtype))
                 .unsqueeze::<4>()
         };
         let rotated = Tensor::cat(
