@@ -5,7 +5,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use fisherkit_common::jsonl;
-use fisherkit_model::Example;
+use crate::Example;
 use serde_json::Value;
 
 use crate::tokenizer::TextTokenizer;
