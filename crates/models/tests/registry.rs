@@ -42,7 +42,10 @@ fn loads_t5_fixtures_by_model_type_as_the_t5_loader_does() {
         let registry = fisherkit_models::load(&dir, &Device::flex()).unwrap();
         assert_eq!(registry.model_type(), "t5");
         assert_eq!(registry.param_specs(), direct.param_specs(), "{name}");
-        assert_eq!(registry.read_params().unwrap(), direct.read_params().unwrap());
+        assert_eq!(
+            registry.read_params().unwrap(),
+            direct.read_params().unwrap()
+        );
     }
 }
 
@@ -54,7 +57,10 @@ fn loads_by_architectures_when_model_type_is_absent() {
     });
     let direct = fisherkit_t5::checkpoint::load(&fixture("t5-tiny-v10"), &Device::flex()).unwrap();
     let registry = fisherkit_models::load(dir.path(), &Device::flex()).unwrap();
-    assert_eq!(registry.read_params().unwrap(), direct.read_params().unwrap());
+    assert_eq!(
+        registry.read_params().unwrap(),
+        direct.read_params().unwrap()
+    );
 }
 
 #[test]
@@ -121,7 +127,11 @@ fn set_dropout_changes_training_outputs_only() {
     assert_eq!(model.dropout(), 0.0);
     let no_dropout = train_mode_output(&*model, &batch, 1);
     model.set_training(false);
-    let eval = model.log_softmax(&batch).unwrap().try_into_vec_as::<f32>().unwrap();
+    let eval = model
+        .log_softmax(&batch)
+        .unwrap()
+        .try_into_vec_as::<f32>()
+        .unwrap();
     assert_eq!(no_dropout, eval);
 
     model.set_dropout(0.5).unwrap();
@@ -130,7 +140,10 @@ fn set_dropout_changes_training_outputs_only() {
     model.set_training(true);
     let first = train_mode_output(&*model, &batch, 1);
     let again = train_mode_output(&*model, &batch, 1);
-    assert_ne!(first, no_dropout, "dropout 0.5 left training outputs unchanged");
+    assert_ne!(
+        first, no_dropout,
+        "dropout 0.5 left training outputs unchanged"
+    );
     assert_eq!(first, again, "same seed, same masks");
 
     assert!(model.set_dropout(1.0).is_err());

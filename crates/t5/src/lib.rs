@@ -20,9 +20,7 @@ use anyhow::{ensure, Result};
 use fisherkit_model::burn::module::Module;
 use fisherkit_model::burn::tensor::activation::log_softmax;
 use fisherkit_model::burn::tensor::{Device, Tensor};
-use fisherkit_model::{
-    Example, LoadModel, LogProbModel, Model, ParamMut, ParamRef, SpecialTokens,
-};
+use fisherkit_model::{Example, LoadModel, LogProbModel, Model, ParamMut, ParamRef, SpecialTokens};
 
 pub use config::T5Config;
 pub use fisherkit_model::{score, GenerateOptions, LengthPenalty, TextTokenizer};
