@@ -8,6 +8,10 @@
 //!   differentiable per-token target log-probabilities for a batch of [`Example`]s and the
 //!   full log-softmax over the output vocabulary, switches dropout on and off, and saves
 //!   itself in its native checkpoint layout. [`LoadModel`] loads one.
+//! - [`Model`] widens it to everything above the model crates needs: teacher-forced
+//!   logits, the dropout rate, generation ([`GenerateOptions`]), saving with a tokenizer,
+//!   special token ids. The loader registry (`fisherkit-models`) hands out
+//!   `Box<dyn Model>`; [`TextTokenizer`] and [`data::read_examples`] turn text into ids.
 //! - [`ParamAccess`] is implemented for every `LogProbModel`: parameter shapes and flat
 //!   offsets ([`ParamSpec`]), reading/writing parameters as f32 host vectors by name (for
 //!   in-memory merges and perturbations), and extracting gradients after `backward()`.
