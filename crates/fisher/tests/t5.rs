@@ -39,7 +39,7 @@ fn outputs() -> Outputs {
 }
 
 /// log p(label | input) in f64, computed in one forward pass of the f64 model.
-fn label_log_prob(model: &Box<dyn Model>, item: &Item, label: usize) -> f64 {
+fn label_log_prob(model: &dyn Model, item: &Item, label: usize) -> f64 {
     let lp = label_log_probs(model, std::slice::from_ref(&item.example), &labels()).unwrap();
     lp.try_into_vec_as::<f64>().unwrap()[label]
 }
@@ -142,7 +142,7 @@ fn per_example_gradients_match_f64_finite_differences() {
             offset += values.len();
             param.set_values(moved).unwrap();
         }
-        label_log_prob(&model, &item, 1)
+        label_log_prob(&*model, &item, 1)
     };
     let eps = 1e-5;
     let numeric = (shifted(eps) - shifted(-eps)) / (2.0 * eps);
