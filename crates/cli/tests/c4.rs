@@ -3,7 +3,7 @@
 
 mod support;
 
-use support::{run, testdata, stderr};
+use support::{run, stderr, testdata};
 
 #[test]
 fn clean_runs_on_a_real_file_then_refuses_to_overwrite() {

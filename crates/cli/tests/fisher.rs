@@ -96,6 +96,33 @@ fn dataset_fisher_is_the_batch_independent_mean_of_per_example_diagonals() {
         worst < 1e-4,
         "batch size 1 vs 3: relative difference {worst}"
     );
+    // The model parts' hand-written backward pass (the default here) and burn's autodiff
+    // give the same Fisher, up to f32 rounding relative to each tensor's largest value.
+    let f_autodiff = dir.path().join("f_autodiff.safetensors");
+    ok(&[
+        &["fisher"][..],
+        &common,
+        &[
+            "--out",
+            s(&f_autodiff),
+            "--batch-size",
+            "1",
+            "--gradients",
+            "autodiff",
+        ],
+    ]
+    .concat());
+    for ((name, fast), (_, autodiff)) in a.iter().zip(&tensors(&f_autodiff)) {
+        let largest = fast.iter().fold(0f32, |m, x| m.max(x.abs()));
+        let differs = fast
+            .iter()
+            .zip(autodiff)
+            .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        assert!(
+            differs <= 1e-4 * largest,
+            "{name}: fast vs autodiff differ by {differs} (largest {largest})"
+        );
+    }
     let meta = MappedFile::open(&f1).unwrap().metadata().unwrap();
     assert_eq!(meta["mode"], "exact");
     assert_eq!(meta["examples"], "5");

@@ -9,8 +9,9 @@ use std::path::Path;
 use support::{fails, ok, s, testdata};
 
 /// The fixture's cases as a JSONL file of ids, and the parsed cases.
+/// `name`: the fixture's directory under `testdata/`.
 fn fixture_cases(name: &str, dir: &Path) -> (String, Vec<Value>) {
-    let text = std::fs::read_to_string(testdata(&format!("fixtures/{name}/cases.json"))).unwrap();
+    let text = std::fs::read_to_string(testdata(&format!("{name}/cases.json"))).unwrap();
     let cases: Value = serde_json::from_str(&text).unwrap();
     let cases = cases["cases"].as_array().unwrap().clone();
     let jsonl: String = cases
@@ -21,7 +22,7 @@ fn fixture_cases(name: &str, dir: &Path) -> (String, Vec<Value>) {
             format!("{line}\n")
         })
         .collect();
-    let path = dir.join(format!("{name}.jsonl"));
+    let path = dir.join(format!("{}.jsonl", name.replace('/', "-")));
     std::fs::write(&path, jsonl).unwrap();
     (path.to_str().unwrap().to_string(), cases)
 }
@@ -44,7 +45,7 @@ fn floats(v: &Value) -> Vec<f64> {
 fn check_fixture(name: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let (data, cases) = fixture_cases(name, tmp.path());
-    let model = testdata(&format!("fixtures/{name}"));
+    let model = testdata(name);
     // Batch size 2 splits the cases into several padded batches.
     let scores = json_lines(&ok(&[
         "score",
@@ -91,12 +92,17 @@ fn check_fixture(name: &str) {
 
 #[test]
 fn fixture_v10_scores_and_decodes_like_transformers() {
-    check_fixture("t5-tiny-v10");
+    check_fixture("fixtures/t5-tiny-v10");
 }
 
 #[test]
 fn fixture_v11_scores_and_decodes_like_transformers() {
-    check_fixture("t5-tiny-v11");
+    check_fixture("fixtures/t5-tiny-v11");
+}
+
+#[test]
+fn fixture_swiglu_scores_and_decodes_like_transformers() {
+    check_fixture("generated/t5-tiny-swiglu");
 }
 
 #[test]
@@ -263,4 +269,77 @@ fn bad_input_is_named() {
         err.contains("wi.weight") && err.contains("128") && err.contains("96"),
         "{err}"
     );
+}
+
+/// Mean negative log-likelihood per target token of `score`'s output lines.
+fn mean_nll(scores: &[Value]) -> f64 {
+    let (mut total, mut tokens) = (0.0, 0usize);
+    for line in scores {
+        total -= line["target_logprob_sum"].as_f64().unwrap();
+        tokens += line["token_logprobs"].as_array().unwrap().len();
+    }
+    total / tokens as f64
+}
+
+/// Every transformer-modification switch (README "Model switches") end to end: `init
+/// --set` → 100 AdamW steps on the synthetic `reverse` task lower the validation loss →
+/// the saved model, loaded again, scores the validation set as the trainer's last
+/// evaluation of the in-memory model did.
+#[test]
+fn every_switch_trains_saves_and_loads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let suite = dir.join("suite");
+    #[rustfmt::skip]
+    ok(&["tasks", "synthetic", "--out", s(&suite), "--tasks", "reverse",
+        "--train-size", "128", "--valid-size", "16", "--test-size", "1"]);
+    let (train, valid) = (
+        suite.join("reverse/train.jsonl"),
+        suite.join("reverse/valid.jsonl"),
+    );
+    let tok = dir.join("tok.json");
+    #[rustfmt::skip]
+    ok(&["tokenizer", "train", "--input", s(&train), "--vocab-size", "120", "--out", s(&tok)]);
+    let shape = [("d_model", "32"), ("d_kv", "8")];
+    let mut base = fisherkit_t5::T5Config::preset("tiny").unwrap();
+    (base.d_model, base.d_kv, base.num_heads) = (32, 8, 4);
+    let score = |model: &Path| -> f64 {
+        let out = ok(&["score", "--model", s(model), "--data", s(&valid)]);
+        mean_nll(&json_lines(&out))
+    };
+    for (label, settings) in base.switch_settings() {
+        let model = dir.join(format!("model-{label}"));
+        #[rustfmt::skip]
+        let mut init: Vec<String> = ["init", "--preset", "tiny", "--seed", "0", "--tokenizer", s(&tok),
+            "--layers", "2", "--d-ff", "64", "--heads", "4", "--out", s(&model)]
+            .iter().map(|a| a.to_string()).collect();
+        for (key, value) in shape
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .chain(settings)
+        {
+            init.extend(["--set".to_string(), format!("{key}={value}")]);
+        }
+        ok(&init);
+        let before = score(&model);
+        let run = dir.join(format!("run-{label}"));
+        #[rustfmt::skip]
+        ok(&["train", "--model", s(&model), "--train", s(&train), "--valid", s(&valid),
+            "--out", s(&run), "--optimizer", "adamw", "--lr", "3e-3", "--steps", "100",
+            "--batch-size", "16", "--log-every", "100", "--valid-metrics", "exact-match",
+            "--valid-generate", "4", "--seed", "0"]);
+        let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+        let last_valid = metrics
+            .lines()
+            .rev()
+            .find_map(|l| serde_json::from_str::<Value>(l).unwrap()["valid_loss"].as_f64())
+            .unwrap_or_else(|| panic!("{label}: no valid_loss in metrics.jsonl"));
+        let after = score(&run.join("model"));
+        assert!(after < 0.8 * before, "{label}: loss {before} → {after}");
+        assert!(
+            (after - last_valid).abs() < 1e-4 * after.max(1.0),
+            "{label}: the loaded model scores {after}, the trained one {last_valid}"
+        );
+        eprintln!("{label}: {before:.3} → {after:.3}");
+    }
 }

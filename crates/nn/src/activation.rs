@@ -29,15 +29,7 @@ pub enum Activation {
 
 /// The names `feed_forward_proj` accepts after an optional `gated-`.
 pub const ACTIVATION_NAMES: &[&str] = &[
-    "relu",
-    "gelu",
-    "gelu_new",
-    "silu",
-    "elu",
-    "selu",
-    "sigmoid",
-    "softplus",
-    "linear",
+    "relu", "gelu", "gelu_new", "silu", "elu", "selu", "sigmoid", "softplus", "linear",
 ];
 
 /// Above this input softplus is the identity (burn's and PyTorch's threshold).
@@ -230,7 +222,10 @@ mod tests {
                 .unwrap();
             for (&z, &b) in zs.iter().zip(&burn) {
                 let v = act.value(z);
-                assert!((v - b).abs() <= 1e-5 * v.abs().max(1.0), "{act:?}({z}): {v} vs burn {b}");
+                assert!(
+                    (v - b).abs() <= 1e-5 * v.abs().max(1.0),
+                    "{act:?}({z}): {v} vs burn {b}"
+                );
                 let h = 1e-3f32;
                 let numeric = (act.value(z + h) - act.value(z - h)) / (2.0 * h);
                 let d = act.derivative(z);
@@ -245,7 +240,11 @@ mod tests {
     #[test]
     fn every_documented_name_parses_and_bad_names_list_the_valid_ones() {
         for name in ACTIVATION_NAMES {
-            assert!(FeedForwardKind::parse(&format!("gated-{name}")).unwrap().gated);
+            assert!(
+                FeedForwardKind::parse(&format!("gated-{name}"))
+                    .unwrap()
+                    .gated
+            );
             if *name != "linear" {
                 assert!(!FeedForwardKind::parse(name).unwrap().gated);
             }

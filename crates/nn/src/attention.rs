@@ -5,8 +5,8 @@
 
 use fisherkit_model::burn;
 use fisherkit_model::burn::module::Module;
-use fisherkit_model::burn::tensor::{DType, Device, Int, Tensor, TensorData};
 use fisherkit_model::burn::tensor::activation::softmax;
+use fisherkit_model::burn::tensor::{DType, Device, Int, Tensor, TensorData};
 use rayon::prelude::*;
 
 use crate::cpu::{mat, matmul, Binder, Gradient};
@@ -119,7 +119,10 @@ pub fn causal_mask(
             mask.push(if k > q && k >= prefix { MASKED } else { 0.0f32 });
         }
     }
-    Tensor::from_data(TensorData::new(mask, [1, 1, queries, keys]), (device, dtype))
+    Tensor::from_data(
+        TensorData::new(mask, [1, 1, queries, keys]),
+        (device, dtype),
+    )
 }
 
 impl Attention {
@@ -145,7 +148,8 @@ impl Attention {
 
     fn split_heads(&self, x: Tensor<3>, heads: usize) -> Tensor<4> {
         let [batch, len, _] = x.dims();
-        x.reshape([batch, len, heads, self.shape.d_kv]).swap_dims(1, 2)
+        x.reshape([batch, len, heads, self.shape.d_kv])
+            .swap_dims(1, 2)
     }
 
     /// Project `x` (the normed input at positions `first..`, or the encoder output) to
@@ -411,7 +415,8 @@ impl CpuAttention {
             .or(cross.as_ref().map(|(c, _)| *c))
             .expect("own or cross keys");
         let keys = kv.k.len() / self.kv_inner();
-        let (mut dq, dkv, dscores) = self.attend_backward(&state.q, kv, &state.probs, &dcontext, rows, keys);
+        let (mut dq, dkv, dscores) =
+            self.attend_backward(&state.q, kv, &state.probs, &dcontext, rows, keys);
         if let Some(rotary) = self.shape.rotary {
             rotary.apply_cpu(&mut dq, rows, self.shape.d_kv, true);
         }

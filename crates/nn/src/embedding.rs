@@ -54,8 +54,11 @@ impl Embedding {
     pub fn tied_head(&self, hidden: Tensor<3>) -> Tensor<3> {
         debug_assert!(self.projection.is_none(), "validated by the config");
         let [batch, len, d] = hidden.dims();
-        fisherkit_model::linear(hidden.reshape([batch * len, d]), self.table.val())
-            .reshape([batch, len, self.vocab()])
+        fisherkit_model::linear(hidden.reshape([batch * len, d]), self.table.val()).reshape([
+            batch,
+            len,
+            self.vocab(),
+        ])
     }
 
     pub fn bind(&self, binder: &Binder) -> CpuEmbedding {
@@ -123,7 +126,10 @@ impl CpuEmbedding {
         };
         let dtable = grad.add(&self.table.weight);
         for (&id, row) in state.ids.iter().zip(drows.chunks(width)) {
-            crate::cpu::add_into(&mut dtable[id as usize * width..(id as usize + 1) * width], row);
+            crate::cpu::add_into(
+                &mut dtable[id as usize * width..(id as usize + 1) * width],
+                row,
+            );
         }
     }
 }

@@ -148,7 +148,8 @@ impl CpuFeedForward {
                     .par_iter_mut()
                     .zip(&state.pre)
                     .for_each(|(g, &z)| *g *= act.derivative(z));
-                self.input().backward(x, &dhidden, rows, grad, &mut dx, false);
+                self.input()
+                    .backward(x, &dhidden, rows, grad, &mut dx, false);
             }
             (Some(gate), Some(linear)) => {
                 let (dpre, dgate): (Vec<f32>, Vec<f32>) = dhidden

@@ -33,7 +33,7 @@ pub use embedding::Embedding;
 pub use feed_forward::{FeedForward, FeedForwardNames};
 pub use linear::Linear;
 pub use norm::{Norm, NormKind};
-pub use position::{Positions, PositionKind, RelativeBias};
+pub use position::{PositionKind, Positions, RelativeBias};
 pub use residual::{Residual, ResidualKind};
 pub use stack::{Block, Inner, Stack, Sublayer};
 

@@ -1,7 +1,7 @@
 //! One normalisation over the last dimension: `w ⊙ (x − μ) / √(var + ε) (+ b)`.
 //! RMSNorm (T5LayerNorm) is the special case without the mean and the bias; LayerNorm
-//! has both. Statistics are computed in f32 whatever the parameter dtype (as HF does for
-//! bf16/f16 T5).
+//! has both. Statistics are computed in at least f32 whatever the parameter dtype (as HF
+//! does for bf16/f16 T5; f64 models keep f64, which gradient checks rely on).
 
 use std::sync::Arc;
 
@@ -60,7 +60,12 @@ impl Norm {
 
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let dtype = x.dtype();
-        let mut x = x.cast(DType::F32);
+        let statistics = if dtype == DType::F64 {
+            DType::F64
+        } else {
+            DType::F32
+        };
+        let mut x = x.cast(statistics);
         if self.removes_mean() {
             x = x.clone() - x.mean_dim(2);
         }

@@ -272,7 +272,9 @@ impl CpuPositions {
             }
             (PositionKind::Sinusoidal, _) => {
                 for (pos, row) in x.chunks_mut(d).enumerate() {
-                    row.iter_mut().zip(sinusoid(pos, d)).for_each(|(v, s)| *v += s);
+                    row.iter_mut()
+                        .zip(sinusoid(pos, d))
+                        .for_each(|(v, s)| *v += s);
                 }
             }
             _ => {}
@@ -319,8 +321,7 @@ impl Rotary {
         let (cos, sin) = self.tables(first, len, d);
         let (device, dtype) = (x.device(), x.dtype());
         let table = |v: Vec<f32>| {
-            Tensor::<2>::from_data(TensorData::new(v, [len, d]), (&device, dtype))
-                .unsqueeze::<4>()
+            Tensor::<2>::from_data(TensorData::new(v, [len, d]), (&device, dtype)).unsqueeze::<4>()
         };
         let rotated = Tensor::cat(
             vec![

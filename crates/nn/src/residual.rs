@@ -106,9 +106,7 @@ impl CpuResidual {
     pub fn forward(&self, x: &mut [f32], branch: &[f32]) {
         let m = self.scale.as_ref().map_or(1.0, |s| s.values()[0]);
         let b = self.bias_out.as_ref().map_or(0.0, |s| s.values()[0]);
-        x.iter_mut()
-            .zip(branch)
-            .for_each(|(x, v)| *x += m * v + b);
+        x.iter_mut().zip(branch).for_each(|(x, v)| *x += m * v + b);
     }
 
     /// Given `dx` (the gradient of the sum, which is also the skip path's), adds the

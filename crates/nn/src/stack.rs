@@ -177,7 +177,7 @@ impl Stack {
         positions: Positions,
         causal: bool,
     ) -> Self {
-        assert!(!blocks.is_empty() && depth % blocks.len() == 0);
+        assert!(!blocks.is_empty() && depth.is_multiple_of(blocks.len()));
         Self {
             blocks,
             final_norm,
@@ -200,7 +200,11 @@ impl Stack {
     /// The relative position bias `[1, heads, queries, keys]` (queries at `first..`), if
     /// the stack has one (on its first self-attention).
     pub fn relative_bias(&self, first: usize, queries: usize, keys: usize) -> Option<Tensor<4>> {
-        let bias = self.blocks[0].layers[0].attention.as_ref()?.relative_bias.as_ref()?;
+        let bias = self.blocks[0].layers[0]
+            .attention
+            .as_ref()?
+            .relative_bias
+            .as_ref()?;
         Some(bias.bias(first, queries, keys))
     }
 
@@ -228,9 +232,9 @@ impl Stack {
         ctx: &Context,
     ) -> Tensor<3> {
         let mut x = ctx.dropout.apply(self.positions.forward(x, ctx.first));
-        for i in 0..self.depth {
+        for (i, layer_cache) in cache.iter_mut().enumerate().take(self.depth) {
             for sublayer in &self.layer(i).layers {
-                x = sublayer.forward(x, i, &mut cache[i], ctx);
+                x = sublayer.forward(x, i, layer_cache, ctx);
             }
         }
         match &self.final_norm {
@@ -319,7 +323,10 @@ impl CpuStack {
     pub fn cross_key_values(&self, memory: &[f32], rows: usize) -> Vec<KeyValues> {
         (0..self.depth)
             .filter_map(|i| {
-                let s = self.layer(i).iter().find(|s| s.inner == Inner::CrossAttention)?;
+                let s = self
+                    .layer(i)
+                    .iter()
+                    .find(|s| s.inner == Inner::CrossAttention)?;
                 Some(s.attention.as_ref()?.key_values(memory, rows))
             })
             .collect()
@@ -348,7 +355,11 @@ impl CpuStack {
         let mut dmemory = vec![0.0; memory.len()];
         let mut dcross = dcross.into_iter();
         for i in 0..self.depth {
-            let Some(s) = self.layer(i).iter().find(|s| s.inner == Inner::CrossAttention) else {
+            let Some(s) = self
+                .layer(i)
+                .iter()
+                .find(|s| s.inner == Inner::CrossAttention)
+            else {
                 continue;
             };
             let attention = s.attention.as_ref().expect("cross-attention");
@@ -386,7 +397,8 @@ impl CpuStack {
                 let (inner, branch) = match s.inner {
                     Inner::SelfAttention => {
                         let a = s.attention.as_ref().expect("attention");
-                        let (state, out) = a.forward(normed, rows, bias.as_deref(), self.mask, None);
+                        let (state, out) =
+                            a.forward(normed, rows, bias.as_deref(), self.mask, None);
                         (InnerState::Attention(state), out)
                     }
                     Inner::CrossAttention => {
@@ -467,7 +479,8 @@ impl CpuStack {
                         let a = s.attention.as_ref().expect("attention");
                         let kv = &cross.expect("cross keys")[cross_index];
                         let total = &mut dcross.as_mut().expect("cross gradients")[cross_index];
-                        a.backward(normed, a_state, &dbranch, Some((kv, total)), grad).0
+                        a.backward(normed, a_state, &dbranch, Some((kv, total)), grad)
+                            .0
                     }
                     (InnerState::FeedForward(f_state), _) => s
                         .feed_forward

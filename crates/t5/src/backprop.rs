@@ -13,11 +13,11 @@
 
 use anyhow::{ensure, Context, Result};
 use fisherkit_model::{ChooseObjectives, EachGradient, ExampleBackprop};
+use fisherkit_nn::attention::KeyValues;
 use fisherkit_nn::cpu::{Binder, Gradient};
 use fisherkit_nn::embedding::{CpuEmbedding, EmbeddingState};
 use fisherkit_nn::linear::CpuLinear;
 use fisherkit_nn::stack::{CpuStack, StackState};
-use fisherkit_nn::attention::KeyValues;
 use rayon::prelude::*;
 
 use crate::config::T5Config;
@@ -191,7 +191,9 @@ impl ExampleBackprop for T5Backprop {
             }
             // The encoder output feeds every decoder layer's cross-attention keys/values.
             let dencoded = self.decoder.cross_backward(encoded, n, dcross, &mut grad);
-            let dx = self.encoder.backward(&encoder, &dencoded, None, None, &mut grad);
+            let dx = self
+                .encoder
+                .backward(&encoder, &dencoded, None, None, &mut grad);
             self.shared.backward(&embedded, &dx, &mut grad);
             each(index, grad.values)?;
         }

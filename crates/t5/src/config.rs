@@ -252,19 +252,19 @@ impl T5Config {
             }
         }
         let kv_heads = self.kv_heads();
-        if kv_heads == 0 || self.num_heads % kv_heads != 0 {
+        if kv_heads == 0 || !self.num_heads.is_multiple_of(kv_heads) {
             bail!(
                 "num_key_value_heads {kv_heads} must divide num_heads {} (grouped-query attention)",
                 self.num_heads
             );
         }
-        if positions == PositionKind::Rotary && self.d_kv % 2 != 0 {
+        if positions == PositionKind::Rotary && !self.d_kv.is_multiple_of(2) {
             bail!("rotary positions need an even d_kv (got {})", self.d_kv);
         }
         if self.max_positions() == 0 {
             bail!("max_position_embeddings must be positive");
         }
-        if !(self.rope_theta() > 1.0) {
+        if self.rope_theta().is_nan() || self.rope_theta() <= 1.0 {
             bail!("rope_theta {} must be greater than 1", self.rope_theta());
         }
         if !(0.0..1.0).contains(&self.dropout_rate) {
@@ -294,7 +294,11 @@ impl T5Config {
     }
 
     pub fn position_kind(&self) -> Result<PositionKind> {
-        PositionKind::parse(self.position_embedding_type.as_deref().unwrap_or("relative"))
+        PositionKind::parse(
+            self.position_embedding_type
+                .as_deref()
+                .unwrap_or("relative"),
+        )
     }
 
     pub fn share_layers(&self) -> Result<ShareLayers> {
@@ -306,7 +310,8 @@ impl T5Config {
     }
 
     pub fn max_positions(&self) -> usize {
-        self.max_position_embeddings.unwrap_or(DEFAULT_MAX_POSITIONS)
+        self.max_position_embeddings
+            .unwrap_or(DEFAULT_MAX_POSITIONS)
     }
 
     pub fn rope_theta(&self) -> f64 {
@@ -383,16 +388,19 @@ impl T5Config {
 
     /// The keys `config.json` may set (every field, including the switches).
     pub fn known_keys() -> Vec<String> {
-        let mut all = Self::default();
-        all.num_decoder_layers = Some(0);
-        all.scale_decoder_outputs = Some(false);
-        all.norm_type = Some(String::new());
-        all.position_embedding_type = Some(String::new());
-        all.max_position_embeddings = Some(0);
-        all.rope_theta = Some(0.0);
-        all.embedding_dim = Some(0);
-        all.share_layers = Some(String::new());
-        all.num_key_value_heads = Some(0);
+        // Optional keys are serialised only when set, so set them all.
+        let all = Self {
+            num_decoder_layers: Some(0),
+            scale_decoder_outputs: Some(false),
+            norm_type: Some(String::new()),
+            position_embedding_type: Some(String::new()),
+            max_position_embeddings: Some(0),
+            rope_theta: Some(0.0),
+            embedding_dim: Some(0),
+            share_layers: Some(String::new()),
+            num_key_value_heads: Some(0),
+            ..Self::default()
+        };
         let value = serde_json::to_value(&all).expect("config serialises");
         let mut keys: Vec<String> = value
             .as_object()
@@ -428,6 +436,59 @@ impl T5Config {
         })?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// Every value of every transformer-modification switch, as named `init --set`
+    /// settings on this config (widths that must fit its shape are derived from it):
+    /// what the README's switch table lists and what every per-switch test runs.
+    pub fn switch_settings(&self) -> Vec<(String, Vec<(String, String)>)> {
+        let setting = |key: &str, value: String| (key.to_string(), value);
+        let mut all = Vec::new();
+        let mut push = |settings: Vec<(String, String)>| {
+            let name = settings
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" ");
+            all.push((name, settings));
+        };
+        for activation in fisherkit_nn::activation::ACTIVATION_NAMES {
+            if *activation != "linear" {
+                push(vec![setting("feed_forward_proj", activation.to_string())]);
+            }
+            push(vec![setting(
+                "feed_forward_proj",
+                format!("gated-{activation}"),
+            )]);
+        }
+        for norm in NORM_TYPES {
+            push(vec![setting("norm_type", norm.to_string())]);
+        }
+        for position in fisherkit_nn::position::POSITION_KINDS {
+            let mut settings = vec![setting("position_embedding_type", position.to_string())];
+            // Rotary pairs dimensions, so each head needs an even width.
+            if *position == "rotary" && !self.d_kv.is_multiple_of(2) {
+                settings.push(setting("d_kv", (self.d_kv + 1).to_string()));
+            }
+            push(settings);
+        }
+        push(vec![
+            setting("embedding_dim", (self.d_model / 2).max(1).to_string()),
+            setting("tie_word_embeddings", "false".into()),
+        ]);
+        for tied in ["true", "false"] {
+            push(vec![setting("tie_word_embeddings", tied.into())]);
+        }
+        for share in SHARE_LAYERS {
+            push(vec![setting("share_layers", share.to_string())]);
+        }
+        let kv_heads = if self.num_heads.is_multiple_of(2) && self.num_heads > 2 {
+            self.num_heads / 2
+        } else {
+            1
+        };
+        push(vec![setting("num_key_value_heads", kv_heads.to_string())]);
+        all
     }
 
     /// A named preset (`fisherkit init --preset`).

@@ -59,7 +59,11 @@ fn stack(config: &T5Config, decoder: bool, device: &Device) -> Result<Stack> {
     } else {
         config.num_layers
     };
-    let shared = if decoder { share.decoder } else { share.encoder };
+    let shared = if decoder {
+        share.decoder
+    } else {
+        share.encoder
+    };
     let distinct = if shared { 1 } else { depth };
     let d = config.d_model;
     let norm = || {
@@ -118,7 +122,11 @@ fn stack(config: &T5Config, decoder: bool, device: &Device) -> Result<Stack> {
             )];
             if decoder {
                 let cross = Attention::new(attention_shape(false), None, ATTENTION_NAMES, device);
-                layers.push(sublayer(Inner::CrossAttention, "EncDecAttention.", Some(cross)));
+                layers.push(sublayer(
+                    Inner::CrossAttention,
+                    "EncDecAttention.",
+                    Some(cross),
+                ));
             }
             layers.push(sublayer(Inner::FeedForward, "DenseReluDense.", None));
             Block { layers }
@@ -320,7 +328,11 @@ impl T5 {
     /// Decode `decoder_ids` `[batch, len]` continuing from `cache` (teacher forcing when
     /// the cache is fresh and all positions are given; one step at a time when decoding).
     /// Returns the logits `[batch, len, vocab]`.
-    pub fn decode(&self, cache: &mut DecoderCache, decoder_ids: Tensor<2, Int>) -> Result<Tensor<3>> {
+    pub fn decode(
+        &self,
+        cache: &mut DecoderCache,
+        decoder_ids: Tensor<2, Int>,
+    ) -> Result<Tensor<3>> {
         let len = decoder_ids.dims()[1];
         let first = cache.position;
         self.decoder.positions.check_length(first + len)?;

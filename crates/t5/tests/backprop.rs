@@ -149,7 +149,12 @@ fn check_backprop(model: &T5, label: &str) {
         for (objective, picks) in [&picks, &second].into_iter().enumerate() {
             let (want, rows) = autodiff_gradient(model, &input, &targets, picks);
             for (s, (got, want)) in got_rows.iter().zip(&rows).enumerate() {
-                assert_close(&format!("{label} log-softmax of target {s}"), got, want, 1e-5);
+                assert_close(
+                    &format!("{label} log-softmax of target {s}"),
+                    got,
+                    want,
+                    1e-5,
+                );
             }
             for spec in &model.param_specs() {
                 let range = spec.offset..spec.offset + spec.numel();
@@ -195,7 +200,7 @@ fn backprop_equals_autodiff_for_every_feed_forward_and_head() {
 fn backprop_equals_autodiff_for_every_switch() {
     for (label, settings) in switches() {
         let model = switch_model(&settings, 11, &Device::flex().autodiff());
-        check_backprop(&model, label);
+        check_backprop(&model, &label);
     }
 }
 

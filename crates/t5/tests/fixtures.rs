@@ -1,4 +1,5 @@
-//! The library against the Hugging Face fixtures (`testdata/fixtures/t5-tiny-v1{0,1}`):
+//! The library against the Hugging Face fixtures (`testdata/fixtures/t5-tiny-v1{0,1}`,
+//! `testdata/generated/t5-tiny-swiglu`):
 //! teacher-forced log-probabilities, first-step logits, encoder checksums, greedy and
 //! beam-search ids.
 
@@ -27,12 +28,9 @@ struct Cases {
     cases: Vec<Case>,
 }
 
+/// `name`: the fixture's directory under `testdata/`.
 fn fixture(name: &str) -> (T5, Cases) {
-    let dir = PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../testdata/fixtures"
-    ))
-    .join(name);
+    let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata")).join(name);
     let model = checkpoint::load(&dir, &Device::flex()).unwrap();
     let text = std::fs::read_to_string(dir.join("cases.json")).unwrap();
     (model, serde_json::from_str(&text).unwrap())
@@ -122,10 +120,16 @@ fn check_fixture(name: &str) {
 
 #[test]
 fn t5_v10_fixture() {
-    check_fixture("t5-tiny-v10");
+    check_fixture("fixtures/t5-tiny-v10");
 }
 
 #[test]
 fn t5_v11_fixture() {
-    check_fixture("t5-tiny-v11");
+    check_fixture("fixtures/t5-tiny-v11");
+}
+
+/// A SwiGLU T5 (`feed_forward_proj: "gated-silu"`) made by transformers.
+#[test]
+fn t5_swiglu_fixture() {
+    check_fixture("generated/t5-tiny-swiglu");
 }

@@ -41,29 +41,16 @@ pub fn micro_batch() -> Vec<Example> {
     ]
 }
 
-/// Every transformer-modification switch as `init --set` settings on the micro config
-/// (README "Model switches"): each activation plain and gated, each normalisation, each
-/// position encoding, factorised embeddings, layer sharing, grouped-query attention.
-pub fn switches() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)> {
-    let mut all: Vec<(&'static str, Vec<(&'static str, &'static str)>)> = [
-        "relu", "gelu", "gelu_new", "silu", "elu", "selu", "sigmoid", "softplus",
-        "gated-relu", "gated-gelu", "gated-gelu_new", "gated-silu", "gated-elu", "gated-selu",
-        "gated-sigmoid", "gated-softplus", "gated-linear",
-    ]
-    .into_iter()
-    .map(|act| (act, vec![("feed_forward_proj", act)]))
-    .collect();
-    for norm in ["layer", "rezero", "rezero_layer", "rezero_rms", "fixup"] {
-        all.push((norm, vec![("norm_type", norm)]));
+/// Every transformer-modification switch on the micro config (README "Model
+/// switches"), from [`T5Config::switch_settings`]; the shared-layer settings get a second
+/// decoder layer so that sharing has something to share.
+pub fn switches() -> Vec<(String, Vec<(String, String)>)> {
+    let mut all = micro_config(false).switch_settings();
+    for (name, settings) in &mut all {
+        if name.starts_with("share_layers") {
+            settings.push(("num_decoder_layers".into(), "2".into()));
+        }
     }
-    all.push(("absolute", vec![("position_embedding_type", "absolute"), ("max_position_embeddings", "48")]));
-    all.push(("sinusoidal", vec![("position_embedding_type", "sinusoidal")]));
-    all.push(("rotary", vec![("position_embedding_type", "rotary"), ("d_kv", "4")]));
-    all.push(("factorised", vec![("embedding_dim", "5"), ("tie_word_embeddings", "false"), ("scale_decoder_outputs", "false")]));
-    for share in ["encoder", "decoder", "all"] {
-        all.push((share, vec![("share_layers", share), ("num_decoder_layers", "2")]));
-    }
-    all.push(("grouped-query", vec![("num_heads", "4"), ("num_key_value_heads", "2")]));
     all
 }
 
@@ -71,12 +58,8 @@ pub fn switches() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)> {
 /// (ReZero's α, Fixup's multiplier and biases) is set to 0.6 and every weight that
 /// starts at zero (Fixup's last projections) is redrawn, because zeros would hide the
 /// gradients inside the residual branches.
-pub fn switch_model(settings: &[(&str, &str)], seed: u64, device: &Device) -> T5 {
-    let settings: Vec<(String, String)> = settings
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    let config = micro_config(false).with_settings(&settings).unwrap();
+pub fn switch_model(settings: &[(String, String)], seed: u64, device: &Device) -> T5 {
+    let config = micro_config(false).with_settings(settings).unwrap();
     let mut model = checkpoint::init(&config, !config.tie_word_embeddings, seed, device).unwrap();
     let replaced: Vec<(String, Vec<f32>)> = model
         .read_params()
@@ -85,8 +68,13 @@ pub fn switch_model(settings: &[(&str, &str)], seed: u64, device: &Device) -> T5
         .filter_map(|(name, values)| {
             if name.contains(".residual_") {
                 Some((name, vec![0.6]))
-            } else if values.len() > 1 && values.iter().all(|&v| v == 0.0) && !name.ends_with("bias") {
-                let redrawn = (0..values.len()).map(|i| ((i * 37 % 17) as f32 - 8.0) * 0.05).collect();
+            } else if values.len() > 1
+                && values.iter().all(|&v| v == 0.0)
+                && !name.ends_with("bias")
+            {
+                let redrawn = (0..values.len())
+                    .map(|i| ((i * 37 % 17) as f32 - 8.0) * 0.05)
+                    .collect();
                 Some((name, redrawn))
             } else {
                 None
