@@ -174,7 +174,7 @@ fn compute_fisher(args: ComputeArgs) -> anyhow::Result<()> {
         ModeArg::Empirical => Mode::Empirical,
     };
     job::check_mode(mode, &outputs, args.source.top_k_classes)?;
-    let summary = job::with_t5_source(&model_dir, |source| {
+    let summary = job::with_model_source(&model_dir, |source| {
         job::run_fisher(
             source,
             &FisherJob {
@@ -256,7 +256,7 @@ pub fn pefs(args: PefsArgs) -> anyhow::Result<()> {
     {
         bail!("--outputs tokens needs --top-k-classes K and/or --max-classes C (one backward pass per kept class)");
     }
-    let summary = job::with_t5_source(&model_dir, |source| {
+    let summary = job::with_model_source(&model_dir, |source| {
         job::run_pefs(
             source,
             &PefJob {

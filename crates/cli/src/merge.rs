@@ -79,8 +79,8 @@ pub struct MergeArgs {
     /// target's model on --eval-data and write the best one to --out.
     #[arg(long, value_enum, requires = "eval_data")]
     search: Option<SearchKind>,
-    /// Held-out JSONL the candidates are scored on (T5 models; {"input", "target"} with
-    /// tokenizer.json, or {"input_ids", "target_ids"}). Must not be the reported test data.
+    /// Held-out JSONL the candidates are scored on (any architecture the loader registry
+    /// knows; {"input", "target"} with tokenizer.json, or {"input_ids", "target_ids"}). Must not be the reported test data.
     #[arg(long, value_name = "FILE", requires = "search")]
     eval_data: Option<PathBuf>,
     /// Score of a candidate: accuracy (rank classification over --labels; the default with
@@ -281,7 +281,7 @@ fn search_and_merge(
     };
 
     let model_dir = plan.target_dir();
-    let (model, tokenizer) = job::load_t5(&model_dir, false)?;
+    let (model, tokenizer) = job::load_model(&model_dir, false)?;
     let encode = tokenizer
         .as_ref()
         .map(|tk| move |text: &str| tk.encode(text));

@@ -1,5 +1,6 @@
 //! `fisherkit init | score | generate | bench t5`: argument parsing and output
-//! formatting over `fisherkit-t5`.
+//! formatting. `score` and `generate` load any architecture through the loader registry
+//! (`fisherkit-models`); `init` and `bench t5` build T5s from its presets.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -8,9 +9,11 @@ use std::time::Instant;
 use anyhow::{ensure, Context, Result};
 use clap::Args;
 use fisherkit_common::progress;
-use fisherkit_model::{device_by_name, Example, ParamAccess};
+use fisherkit_model::{
+    device_by_name, Example, GenerateOptions, LengthPenalty, Model, ParamAccess, TextTokenizer,
+};
 use fisherkit_t5::checkpoint;
-use fisherkit_t5::{GenerateOptions, LengthPenalty, T5Config, TextTokenizer, T5};
+use fisherkit_t5::T5Config;
 use serde_json::json;
 
 #[derive(Args, Debug)]
@@ -112,10 +115,10 @@ struct ModelArgs {
 }
 
 impl ModelArgs {
-    fn load(&self) -> Result<(T5, Option<TextTokenizer>)> {
+    fn load(&self) -> Result<(Box<dyn Model>, Option<TextTokenizer>)> {
         ensure!(self.batch_size >= 1, "--batch-size must be at least 1");
-        let model = checkpoint::load(&self.model, &device_by_name(&self.device)?)?;
-        let tokenizer = TextTokenizer::from_dir(&self.model, model.config().eos_token_id)?;
+        let model = fisherkit_models::load(&self.model, &device_by_name(&self.device)?)?;
+        let tokenizer = model.tokenizer_in(&self.model)?;
         Ok((model, tokenizer))
     }
 }
@@ -153,14 +156,14 @@ fn for_batches(
 
 pub fn score(args: ScoreArgs) -> Result<()> {
     let (model, tokenizer) = args.model.load()?;
-    let examples = fisherkit_t5::data::read_examples(
+    let examples = fisherkit_model::data::read_examples(
         &args.data,
         tokenizer.as_ref(),
-        model.config().vocab_size,
+        model.vocab_size(),
         true,
     )?;
     for_batches(&examples, args.model.batch_size, "examples", |batch| {
-        let scores = fisherkit_t5::score(&model, batch)?;
+        let scores = fisherkit_model::score(&*model, batch)?;
         Ok(scores
             .into_iter()
             .map(|token_logprobs| {
@@ -197,11 +200,13 @@ pub struct GenerateArgs {
 
 pub fn generate(args: GenerateArgs) -> Result<()> {
     let (model, tokenizer) = args.model.load()?;
-    let config = model.config();
     let examples = match (&args.data, &args.text) {
-        (Some(path), _) => {
-            fisherkit_t5::data::read_examples(path, tokenizer.as_ref(), config.vocab_size, false)?
-        }
+        (Some(path), _) => fisherkit_model::data::read_examples(
+            path,
+            tokenizer.as_ref(),
+            model.vocab_size(),
+            false,
+        )?,
         (None, Some(text)) => {
             ensure!(!text.trim().is_empty(), "--text is empty");
             let tokenizer = tokenizer.as_ref().with_context(|| {
@@ -228,7 +233,8 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
     };
     for_batches(&examples, args.model.batch_size, "inputs", |batch| {
         let inputs: Vec<Vec<u32>> = batch.iter().map(|e| e.input_ids.clone()).collect();
-        fisherkit_t5::generate(&model, &inputs, &options)?
+        model
+            .generate(&inputs, &options)?
             .into_iter()
             .map(|ids| match &tokenizer {
                 Some(tokenizer) => Ok(json!({"ids": ids, "text": tokenizer.decode(&ids)?})),

@@ -218,6 +218,21 @@ fn bad_input_is_named() {
         &write("ok.jsonl", good),
     ]);
     assert!(err.contains("config.json"), "{err}");
+    // An architecture the loader registry does not know: the file, the value and the
+    // known model types.
+    let err = fails(&[
+        "score",
+        "--model",
+        s(&testdata("fixtures/bert-tiny")),
+        "--data",
+        &write("ok-bert.jsonl", good),
+    ]);
+    assert!(
+        err.contains("config.json")
+            && err.contains("\"bert\"")
+            && err.contains("known model types: t5"),
+        "{err}"
+    );
     let err = fails(&[
         "init",
         "--preset",

@@ -24,8 +24,7 @@ use fisherkit_fisher::Mode;
 use fisherkit_merge::search::{self, Evaluator, MergedTensors};
 use fisherkit_merge::{engine, Recipe};
 use fisherkit_model::burn::tensor::Device;
-use fisherkit_model::ParamAccess;
-use fisherkit_t5::T5;
+use fisherkit_model::{Model, ParamAccess};
 use fisherkit_tasks::{metrics, synthetic, tokenizer};
 use fisherkit_train::quickstart;
 use fisherkit_train::trainer::{self, RunOptions, TrainData};
@@ -226,9 +225,8 @@ pub fn run(opts: &Options, log: &mut dyn FnMut(&str)) -> Result<Summary> {
         pretrain_dir.join("model").exists(),
         &mut || {
             let names = opts.pretrain_tasks();
-            let model = fisherkit_t5::checkpoint::init(
+            let model = fisherkit_models::init(
                 &quickstart::tiny_config(tk.get_vocab_size(true), opts.d_model, opts.layers),
-                true,
                 opts.seed,
                 &Device::flex().autodiff(),
             )?;
@@ -251,7 +249,7 @@ pub fn run(opts: &Options, log: &mut dyn FnMut(&str)) -> Result<Summary> {
             &format!("3/5 fine-tuning on {task}"),
             dir.join("model").exists(),
             &mut || {
-                let model = fisherkit_t5::checkpoint::load(
+                let model = fisherkit_models::load(
                     &pretrain_dir.join("model"),
                     &Device::flex().autodiff(),
                 )?;
@@ -415,7 +413,7 @@ fn load_split(dir: &Path, task: &str, split: &str) -> Result<Vec<fisherkit_tasks
 /// Phases 2 and 3: train `model` on the training splits of `tasks` with the
 /// quickstart's recipe, checkpointing so an interrupted run continues where it stopped.
 fn train_on(
-    model: T5,
+    model: Box<dyn Model>,
     tasks: &[&str],
     lr: f64,
     steps: u64,
@@ -460,7 +458,7 @@ fn train_on(
 /// Phase 4: the diagonal Fisher of a fine-tuned model on its own task's training
 /// examples, over target-token outputs.
 fn fisher(opts: &Options, model_dir: &Path, data_dir: &Path, task: &str, out: &Path) -> Result<()> {
-    job::with_t5_source(model_dir, |source| {
+    job::with_model_source(model_dir, |source| {
         job::run_fisher(
             source,
             &FisherJob {
@@ -507,8 +505,8 @@ impl HeldOut {
 }
 
 /// The model of `dir` (no autodiff) ready to score token log-probabilities.
-fn scorer(dir: &Path, held_out: &[HeldOut]) -> Result<ModelEvaluator<T5>> {
-    let (model, _) = job::load_t5(dir, false)?;
+fn scorer(dir: &Path, held_out: &[HeldOut]) -> Result<ModelEvaluator<Box<dyn Model>>> {
+    let (model, _) = job::load_model(dir, false)?;
     ModelEvaluator::new(
         model,
         Outputs::Tokens,
@@ -520,14 +518,14 @@ fn scorer(dir: &Path, held_out: &[HeldOut]) -> Result<ModelEvaluator<T5>> {
 
 /// Exact match and log-probability of the scorer's current model on every task.
 fn score_tasks(
-    scorer: &ModelEvaluator<T5>,
+    scorer: &ModelEvaluator<Box<dyn Model>>,
     tk: &Tokenizer,
     held_out: &[HeldOut],
 ) -> Result<Vec<TaskScore>> {
     held_out
         .iter()
         .map(|h| {
-            let predictions = quickstart::greedy_predictions(scorer.model(), tk, &h.examples)?;
+            let predictions = quickstart::greedy_predictions(&**scorer.model(), tk, &h.examples)?;
             let refs: Vec<String> = h.examples.iter().map(|e| e.target.clone()).collect();
             Ok(TaskScore {
                 task: h.task.clone(),
@@ -541,7 +539,7 @@ fn score_tasks(
 /// Scores every candidate merge on both tasks and keeps the rows; the search itself
 /// ranks by the mean exact match.
 struct GridScorer<'a> {
-    scorer: ModelEvaluator<T5>,
+    scorer: ModelEvaluator<Box<dyn Model>>,
     tk: &'a Tokenizer,
     held_out: &'a [HeldOut],
     method: &'static str,

@@ -10,7 +10,6 @@ use crate::{
 use anyhow::{Context, Result};
 use fisherkit_model::burn::tensor::Device;
 use fisherkit_model::{Example, LogProbModel};
-use fisherkit_t5::T5Config;
 use std::time::Instant;
 
 #[derive(Debug, Clone)]
@@ -46,9 +45,9 @@ fn tokens(n: usize, vocab: usize, salt: usize) -> Vec<u32> {
 }
 
 pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
-    let config = T5Config::preset(&opts.preset)?;
+    let config = fisherkit_models::preset(&opts.preset)?;
     let device = Device::flex().autodiff();
-    let mut model = fisherkit_t5::checkpoint::init(&config, false, opts.seed, &device)?;
+    let mut model = fisherkit_models::init(&config, opts.seed, &device)?;
     model.set_training(false);
     let vocab = model.output_size();
     let items: Vec<Item> = (0..opts.examples)

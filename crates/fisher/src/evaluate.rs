@@ -96,7 +96,9 @@ impl<M: LogProbModel> ModelEvaluator<M> {
     pub fn load_merged(&mut self, merged: &MergedTensors) -> Result<()> {
         let mut values = Vec::new();
         for spec in self.model.param_specs() {
-            let (found, (shape, data)) = candidate_names(&spec.name)
+            let (found, (shape, data)) = self
+                .model
+                .checkpoint_names(&spec.name)
                 .into_iter()
                 .find_map(|n| merged.get(&n).map(|t| (n, t)))
                 .with_context(|| {
@@ -162,15 +164,4 @@ impl<M: LogProbModel> Evaluator for ModelEvaluator<M> {
         );
         Ok(score)
     }
-}
-
-/// Names a parameter may be stored under in a merged checkpoint, preferred first (tied
-/// T5 embeddings are sometimes stored under the encoder's or decoder's name).
-fn candidate_names(name: &str) -> Vec<String> {
-    let mut names = vec![name.to_string()];
-    if name == "shared.weight" {
-        names.push("encoder.embed_tokens.weight".into());
-        names.push("decoder.embed_tokens.weight".into());
-    }
-    names
 }

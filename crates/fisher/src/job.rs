@@ -11,36 +11,36 @@ use anyhow::{bail, ensure, Context, Result};
 use fisherkit_common::progress;
 use fisherkit_merge::fisher_file::{write_fisher, FisherMeta, FisherMode};
 use fisherkit_model::burn::tensor::Device;
-use fisherkit_model::LogProbModel;
+use fisherkit_model::{LogProbModel, Model, TextTokenizer};
 use fisherkit_npeff::pef::{
     DiagonalExample, ExampleExtras, LowRankExample, ParameterEntry, PefHeader, PefKind, PefWriter,
     SparseColumn, WriterOptions,
 };
-use fisherkit_t5::{TextTokenizer, T5};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-/// A T5 checkpoint directory loaded in eval mode (dropout off) on the CPU, recording
-/// gradients when `autodiff`, with the directory's tokenizer if it has one.
-pub fn load_t5(dir: &Path, autodiff: bool) -> Result<(T5, Option<TextTokenizer>)> {
+/// A checkpoint directory (any architecture of the loader registry) loaded in eval mode
+/// (dropout off) on the CPU, recording gradients when `autodiff`, with the directory's
+/// tokenizer if it has one.
+pub fn load_model(dir: &Path, autodiff: bool) -> Result<(Box<dyn Model>, Option<TextTokenizer>)> {
     let device = if autodiff {
         Device::flex().autodiff()
     } else {
         Device::flex()
     };
-    let mut model = fisherkit_t5::checkpoint::load(dir, &device)
-        .with_context(|| format!("loading the model from {}", dir.display()))?;
+    let mut model = fisherkit_models::load(dir, &device)?;
     model.set_training(false);
-    let tokenizer = TextTokenizer::from_dir(dir, model.config().eos_token_id)?;
+    let tokenizer = model.tokenizer_in(dir)?;
     Ok((model, tokenizer))
 }
 
-/// Load the T5 in `model_dir` (with autodiff) and its tokenizer, and run `work` on them.
-pub fn with_t5_source<R>(
+/// Load the model in `model_dir` (with autodiff) and its tokenizer, and run `work` on
+/// them.
+pub fn with_model_source<R>(
     model_dir: &Path,
-    work: impl FnOnce(&ModelSource<'_, T5>) -> Result<R>,
+    work: impl FnOnce(&ModelSource<'_, Box<dyn Model>>) -> Result<R>,
 ) -> Result<R> {
-    let (model, tokenizer) = load_t5(model_dir, true)?;
+    let (model, tokenizer) = load_model(model_dir, true)?;
     let encode = tokenizer
         .as_ref()
         .map(|tk| move |text: &str| tk.encode(text));

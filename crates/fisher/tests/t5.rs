@@ -4,16 +4,15 @@
 use fisherkit_fisher::model::{label_log_probs, Item, ModelGradients, Outputs};
 use fisherkit_fisher::{example_classes, ClassSelection, GradientModel};
 use fisherkit_model::burn::tensor::{DType, Device};
-use fisherkit_model::{Example, LogProbModel, ParamAccess};
-use fisherkit_t5::T5;
+use fisherkit_model::{Example, LogProbModel, Model, ParamAccess};
 
 const V10: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../../testdata/fixtures/t5-tiny-v10"
 );
 
-fn load(device: &Device) -> T5 {
-    let mut model = fisherkit_t5::checkpoint::load(std::path::Path::new(V10), device).unwrap();
+fn load(device: &Device) -> Box<dyn Model> {
+    let mut model = fisherkit_models::load(std::path::Path::new(V10), device).unwrap();
     model.set_training(false);
     model
 }
@@ -40,7 +39,7 @@ fn outputs() -> Outputs {
 }
 
 /// log p(label | input) in f64, computed in one forward pass of the f64 model.
-fn label_log_prob(model: &T5, item: &Item, label: usize) -> f64 {
+fn label_log_prob(model: &dyn Model, item: &Item, label: usize) -> f64 {
     let lp = label_log_probs(model, std::slice::from_ref(&item.example), &labels()).unwrap();
     lp.try_into_vec_as::<f64>().unwrap()[label]
 }
@@ -59,7 +58,7 @@ fn label_probabilities_are_the_normalised_sequence_likelihoods() {
             target_ids: t,
         })
         .collect();
-    let sums: Vec<f64> = fisherkit_t5::score(&model, &batch)
+    let sums: Vec<f64> = fisherkit_model::score(&model, &batch)
         .unwrap()
         .iter()
         .map(|s| s.iter().map(|&v| f64::from(v)).sum())
@@ -143,7 +142,7 @@ fn per_example_gradients_match_f64_finite_differences() {
             offset += values.len();
             param.set_values(moved).unwrap();
         }
-        label_log_prob(&model, &item, 1)
+        label_log_prob(&*model, &item, 1)
     };
     let eps = 1e-5;
     let numeric = (shifted(eps) - shifted(-eps)) / (2.0 * eps);

@@ -8,6 +8,10 @@
 //!   differentiable per-token target log-probabilities for a batch of [`Example`]s and the
 //!   full log-softmax over the output vocabulary, switches dropout on and off, and saves
 //!   itself in its native checkpoint layout. [`LoadModel`] loads one.
+//! - [`Model`] widens it to everything above the model crates needs: teacher-forced
+//!   logits, the dropout rate, generation ([`GenerateOptions`]), saving with a tokenizer,
+//!   special token ids. The loader registry (`fisherkit-models`) hands out
+//!   `Box<dyn Model>`; [`TextTokenizer`] and [`data::read_examples`] turn text into ids.
 //! - [`ParamAccess`] is implemented for every `LogProbModel`: parameter shapes and flat
 //!   offsets ([`ParamSpec`]), reading/writing parameters as f32 host vectors by name (for
 //!   in-memory merges and perturbations), and extracting gradients after `backward()`.
@@ -19,16 +23,21 @@
 //! from [`LogProbModel::target_logprobs`] and read gradients with
 //! [`ParamAccess::gradients`].
 
+pub mod data;
+mod generate;
 mod linear;
 pub mod peak;
+pub mod tokenizer;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context, Result};
 pub use burn;
 use burn::module::Param;
 use burn::tensor::{DType, Device, Element, Gradients, Int, Tensor, TensorData};
+pub use generate::{GenerateOptions, LengthPenalty};
 pub use linear::{linear, matmul_transposed, FEW_ROWS};
+pub use tokenizer::TextTokenizer;
 
 /// One training/scoring example: token ids in, token ids out. For a classifier the target
 /// is the single class id.
@@ -220,6 +229,13 @@ pub trait LogProbModel {
     /// Write the model in its native checkpoint layout (atomically) into `dir`.
     fn save(&self, dir: &Path) -> Result<()>;
 
+    /// Names under which parameter `name` may be stored in a checkpoint or a merge,
+    /// preferred first (aliases of tied or renamed tensors). Loaders and the merge
+    /// evaluator look parameters up through this one list.
+    fn checkpoint_names(&self, name: &str) -> Vec<String> {
+        vec![name.to_string()]
+    }
+
     /// The architecture's own per-example backward pass, when it has one for the device
     /// and dtype the model is on; `None` means gradients come from burn's autodiff.
     fn example_backprop(&self) -> Option<Box<dyn ExampleBackprop>> {
@@ -259,6 +275,128 @@ pub trait ExampleBackprop: Send + Sync {
 /// Loading a model of one architecture from its native checkpoint directory.
 pub trait LoadModel: Sized {
     fn load(dir: &Path, device: &Device) -> Result<Self>;
+}
+
+/// The token ids data readers and decoders need.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SpecialTokens {
+    pub pad: u32,
+    pub eos: u32,
+    /// The first decoder input of an encoder–decoder (`None` for other architectures).
+    pub decoder_start: Option<u32>,
+}
+
+/// Everything above the model crates (training, Fishers, merge search, scoring,
+/// generation, evaluation) reaches a model through this trait, as `Box<dyn Model>` from
+/// the loader registry (`fisherkit-models`). One implementation per architecture.
+pub trait Model: LogProbModel + std::fmt::Debug {
+    /// `config.json`'s `model_type` (e.g. `t5`).
+    fn model_type(&self) -> &str;
+
+    /// Size of the token vocabulary (input ids must be below it).
+    fn vocab_size(&self) -> usize;
+
+    fn special_tokens(&self) -> SpecialTokens;
+
+    /// An input or target id sequence must be non-empty and inside the vocabulary; the
+    /// error names `what` and the offending id.
+    fn check_ids(&self, ids: &[u32], what: &str) -> Result<()>;
+
+    /// Teacher-forced logits `[batch, max_target_len, output_size]` (differentiable on an
+    /// autodiff device; dropout applies in training mode). The trainer's z-loss needs
+    /// them; [`LogProbModel::log_softmax`] is their log-softmax.
+    fn logits(&self, batch: &[Example]) -> Result<Tensor<3>>;
+
+    /// The dropout rate used in training mode.
+    fn dropout(&self) -> f64;
+
+    /// Change the dropout rate used in training mode (the weights stay); a rate outside
+    /// `[0, 1)` is an error.
+    fn set_dropout(&mut self, rate: f64) -> Result<()>;
+
+    /// Decode a batch of inputs (greedy or beam search); the generated ids per input,
+    /// EOS included when produced. Architectures without a decoder return an error.
+    fn generate(&self, inputs: &[Vec<u32>], options: &GenerateOptions) -> Result<Vec<Vec<u32>>>;
+
+    /// Write the model in its native checkpoint layout into `dir` (staged, renamed into
+    /// place; an existing `dir` is replaced only when `overwrite`), with a copy of
+    /// `tokenizer` when given. Returns the final directory.
+    fn save_checkpoint(
+        &self,
+        dir: &Path,
+        tokenizer: Option<&Path>,
+        overwrite: bool,
+    ) -> Result<PathBuf>;
+
+    /// The same weights and settings off the autodiff graph (the device's inner
+    /// backend): evaluation during training records no graph.
+    fn without_autodiff(&self) -> Box<dyn Model>;
+
+    /// The model's tokenizer from `tokenizer.json` in `dir`, if present, with this
+    /// model's EOS.
+    fn tokenizer_in(&self, dir: &Path) -> Result<Option<TextTokenizer>> {
+        TextTokenizer::from_dir(dir, self.special_tokens().eos)
+    }
+}
+
+/// A boxed model is a model: generic code over `M: LogProbModel` (Fisher computation,
+/// the merge evaluator) runs on `Box<dyn Model>` from the registry.
+impl<M: LogProbModel + ?Sized> LogProbModel for Box<M> {
+    fn named_params(&self) -> Vec<(String, ParamRef<'_>)> {
+        (**self).named_params()
+    }
+
+    fn named_params_mut(&mut self) -> Vec<(String, ParamMut<'_>)> {
+        (**self).named_params_mut()
+    }
+
+    fn device(&self) -> Device {
+        (**self).device()
+    }
+
+    fn set_training(&mut self, training: bool) {
+        (**self).set_training(training)
+    }
+
+    fn is_training(&self) -> bool {
+        (**self).is_training()
+    }
+
+    fn output_size(&self) -> usize {
+        (**self).output_size()
+    }
+
+    fn log_softmax(&self, batch: &[Example]) -> Result<Tensor<3>> {
+        (**self).log_softmax(batch)
+    }
+
+    fn target_logprobs(&self, batch: &[Example]) -> Result<Tensor<2>> {
+        (**self).target_logprobs(batch)
+    }
+
+    fn save(&self, dir: &Path) -> Result<()> {
+        (**self).save(dir)
+    }
+
+    fn checkpoint_names(&self, name: &str) -> Vec<String> {
+        (**self).checkpoint_names(name)
+    }
+
+    fn example_backprop(&self) -> Option<Box<dyn ExampleBackprop>> {
+        (**self).example_backprop()
+    }
+}
+
+/// Teacher-forced per-token log-probabilities of each example's target, in order.
+pub fn score<M: LogProbModel + ?Sized>(model: &M, batch: &[Example]) -> Result<Vec<Vec<f32>>> {
+    let log_probs = model.target_logprobs(batch)?;
+    let [rows, len] = log_probs.dims();
+    let values = log_probs
+        .try_into_vec_as::<f32>()
+        .map_err(|e| anyhow::anyhow!("reading log-probabilities: {e:?}"))?;
+    Ok((0..rows)
+        .map(|r| values[r * len..r * len + batch[r].target_ids.len()].to_vec())
+        .collect())
 }
 
 /// Pick `log_probs[b, t, target[b][t]]` and zero the padded positions.

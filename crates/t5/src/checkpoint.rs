@@ -20,7 +20,7 @@ use crate::model::T5;
 pub const CONFIG_FILE: &str = "config.json";
 pub const WEIGHTS_FILE: &str = "model.safetensors";
 pub const INDEX_FILE: &str = "model.safetensors.index.json";
-pub const TOKENIZER_FILE: &str = "tokenizer.json";
+pub use fisherkit_model::tokenizer::TOKENIZER_FILE;
 
 /// Unused tensor some checkpoints carry (cross-attention has no position bias).
 const IGNORED: &str = "decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight";
@@ -100,8 +100,10 @@ impl Weights {
 
 type NamedTensor = (String, Vec<usize>, Vec<f32>);
 
-/// Names under which a parameter may be stored, preferred first.
-fn candidate_names(name: &str) -> Vec<String> {
+/// Names under which a parameter may be stored, preferred first (the one list the
+/// loader and, through [`fisherkit_model::LogProbModel::checkpoint_names`], the merge
+/// evaluator use).
+pub fn candidate_names(name: &str) -> Vec<String> {
     let mut names = vec![name.to_string()];
     match name {
         "shared.weight" => {

@@ -3,31 +3,32 @@
 //!
 //! - [`T5Config`]: `config.json` with HF defaults, and presets.
 //! - [`T5`]: the model (v1.0 and v1.1/Flan), implementing the architecture-neutral
-//!   [`fisherkit_model::LogProbModel`].
+//!   [`fisherkit_model::Model`] (the loader registry `fisherkit-models` hands it out).
 //! - [`checkpoint`]: load/save of the HF layout, reference initialisation.
 //! - [`generate`]: greedy and beam search with cached keys/values.
-//! - [`score`]: per-token target log-probabilities.
 //! - [`backprop`]: per-example gradients by a hand-written backward pass (CPU, f32).
 
 pub mod backprop;
 pub mod checkpoint;
 pub mod config;
-pub mod data;
 pub mod generate;
 pub mod model;
-pub mod tokenizer;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use anyhow::Result;
+use anyhow::{ensure, Result};
+use fisherkit_model::burn::module::Module;
 use fisherkit_model::burn::tensor::activation::log_softmax;
 use fisherkit_model::burn::tensor::{Device, Tensor};
-use fisherkit_model::{Example, LoadModel, LogProbModel, ParamMut, ParamRef};
+use fisherkit_model::{Example, LoadModel, LogProbModel, Model, ParamMut, ParamRef, SpecialTokens};
 
 pub use config::T5Config;
-pub use generate::{generate, GenerateOptions, LengthPenalty};
+pub use fisherkit_model::{score, GenerateOptions, LengthPenalty, TextTokenizer};
+pub use generate::generate;
 pub use model::{relative_position_bucket, T5};
-pub use tokenizer::TextTokenizer;
+
+/// `config.json`'s `model_type` of T5 checkpoints.
+pub const MODEL_TYPE: &str = "t5";
 
 impl LogProbModel for T5 {
     fn named_params(&self) -> Vec<(String, ParamRef<'_>)> {
@@ -55,16 +56,15 @@ impl LogProbModel for T5 {
     }
 
     fn log_softmax(&self, batch: &[Example]) -> Result<Tensor<3>> {
-        let inputs: Vec<Vec<u32>> = batch.iter().map(|e| e.input_ids.clone()).collect();
-        let targets: Vec<Vec<u32>> = batch.iter().map(|e| e.target_ids.clone()).collect();
-        Ok(log_softmax(
-            self.teacher_forced_logits(&inputs, &targets)?,
-            2,
-        ))
+        Ok(log_softmax(Model::logits(self, batch)?, 2))
     }
 
     fn save(&self, dir: &Path) -> Result<()> {
         checkpoint::save(self, dir, None, true).map(|_| ())
+    }
+
+    fn checkpoint_names(&self, name: &str) -> Vec<String> {
+        checkpoint::candidate_names(name)
     }
 
     fn example_backprop(&self) -> Option<Box<dyn fisherkit_model::ExampleBackprop>> {
@@ -72,20 +72,70 @@ impl LogProbModel for T5 {
     }
 }
 
+impl Model for T5 {
+    fn model_type(&self) -> &str {
+        MODEL_TYPE
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.config.vocab_size
+    }
+
+    fn special_tokens(&self) -> SpecialTokens {
+        SpecialTokens {
+            pad: self.config.pad_token_id,
+            eos: self.config.eos_token_id,
+            decoder_start: Some(self.config.decoder_start_token_id),
+        }
+    }
+
+    fn check_ids(&self, ids: &[u32], what: &str) -> Result<()> {
+        self.config.check_ids(ids, what)
+    }
+
+    fn logits(&self, batch: &[Example]) -> Result<Tensor<3>> {
+        let inputs: Vec<Vec<u32>> = batch.iter().map(|e| e.input_ids.clone()).collect();
+        let targets: Vec<Vec<u32>> = batch.iter().map(|e| e.target_ids.clone()).collect();
+        self.teacher_forced_logits(&inputs, &targets)
+    }
+
+    fn dropout(&self) -> f64 {
+        self.config.dropout_rate
+    }
+
+    fn set_dropout(&mut self, rate: f64) -> Result<()> {
+        ensure!(
+            (0.0..1.0).contains(&rate),
+            "dropout must be in [0, 1), got {rate}"
+        );
+        // Dropout masks are drawn from the rate at every forward pass: no module holds it.
+        self.config.dropout_rate = rate;
+        Ok(())
+    }
+
+    fn generate(&self, inputs: &[Vec<u32>], options: &GenerateOptions) -> Result<Vec<Vec<u32>>> {
+        generate::generate(self, inputs, options)
+    }
+
+    fn save_checkpoint(
+        &self,
+        dir: &Path,
+        tokenizer: Option<&Path>,
+        overwrite: bool,
+    ) -> Result<PathBuf> {
+        checkpoint::save(self, dir, tokenizer, overwrite)
+    }
+
+    fn without_autodiff(&self) -> Box<dyn Model> {
+        let mut model = self.valid();
+        model.config = self.config.clone();
+        model.training = self.training;
+        Box::new(model)
+    }
+}
+
 impl LoadModel for T5 {
     fn load(dir: &Path, device: &Device) -> Result<Self> {
         checkpoint::load(dir, device)
     }
-}
-
-/// Teacher-forced per-token log-probabilities of each example's target, in order.
-pub fn score(model: &T5, batch: &[Example]) -> Result<Vec<Vec<f32>>> {
-    let log_probs = model.target_logprobs(batch)?;
-    let [rows, len] = log_probs.dims();
-    let values = log_probs
-        .try_into_vec_as::<f32>()
-        .map_err(|e| anyhow::anyhow!("reading log-probabilities: {e:?}"))?;
-    Ok((0..rows)
-        .map(|r| values[r * len..r * len + batch[r].target_ids.len()].to_vec())
-        .collect())
 }

@@ -7,8 +7,7 @@ use crate::schedule::{Schedule, ScheduleKind};
 use crate::trainer::{train_step, TrainConfig};
 use fisherkit_common::Result;
 use fisherkit_model::burn::tensor::Device;
-use fisherkit_model::Example;
-use fisherkit_t5::T5Config;
+use fisherkit_model::{Example, LogProbModel, ParamAccess};
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use std::time::Instant;
@@ -38,13 +37,12 @@ pub struct BenchReport {
 }
 
 pub fn run(opts: &BenchOptions, device: &Device) -> Result<BenchReport> {
-    let mut config = T5Config::preset(&opts.preset)?;
-    config.dropout_rate = 0.0;
-    let untied = !config.tie_word_embeddings;
-    let mut model = fisherkit_t5::checkpoint::init(&config, untied, 0, &device.clone().autodiff())?;
-    fisherkit_model::LogProbModel::set_training(&mut model, true);
+    let config = fisherkit_models::preset(&opts.preset)?;
+    let mut model = fisherkit_models::init(&config, 0, &device.clone().autodiff())?;
+    model.set_dropout(0.0)?;
+    model.set_training(true);
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
-    let vocab = config.vocab_size as u32;
+    let vocab = model.vocab_size() as u32;
     let batch: Vec<Example> = (0..opts.batch)
         .map(|_| Example {
             input_ids: (0..opts.input_len)
@@ -84,7 +82,7 @@ pub fn run(opts: &BenchOptions, device: &Device) -> Result<BenchReport> {
             t = Instant::now();
         }
         train_step(
-            &mut model,
+            &mut *model,
             &mut optimizer,
             &batches,
             &train_config,
@@ -98,7 +96,7 @@ pub fn run(opts: &BenchOptions, device: &Device) -> Result<BenchReport> {
     Ok(BenchReport {
         preset: opts.preset.clone(),
         optimizer: if opts.adafactor { "adafactor" } else { "adamw" }.into(),
-        parameters: fisherkit_model::ParamAccess::num_params(&model),
+        parameters: model.num_params(),
         batch: opts.batch,
         input_len: opts.input_len,
         target_len: opts.target_len,

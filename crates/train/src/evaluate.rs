@@ -2,7 +2,7 @@
 //! the task metrics.
 
 use fisherkit_common::{anyhow, Result};
-use fisherkit_t5::{generate, GenerateOptions, LengthPenalty, T5};
+use fisherkit_model::{GenerateOptions, LengthPenalty, Model};
 use tokenizers::Tokenizer;
 
 /// Decoding settings of an evaluation.
@@ -33,7 +33,7 @@ pub fn encode_all(tokenizer: &Tokenizer, texts: &[String]) -> Result<Vec<Vec<u32
 
 /// Generated token ids for each input (in input order). Inputs are batched by length.
 pub fn generate_ids(
-    model: &T5,
+    model: &dyn Model,
     inputs: &[Vec<u32>],
     opts: &DecodeOptions,
 ) -> Result<Vec<Vec<u32>>> {
@@ -53,7 +53,7 @@ pub fn generate_ids(
     let mut out = vec![Vec::new(); inputs.len()];
     for chunk in order.chunks(opts.batch_size.max(1)) {
         let batch: Vec<Vec<u32>> = chunk.iter().map(|&i| inputs[i].clone()).collect();
-        let generated = generate(model, &batch, &options)?;
+        let generated = model.generate(&batch, &options)?;
         for (&i, ids) in chunk.iter().zip(generated) {
             out[i] = ids;
         }
@@ -63,7 +63,7 @@ pub fn generate_ids(
 
 /// Decoded predictions for text inputs.
 pub fn predict(
-    model: &T5,
+    model: &dyn Model,
     tokenizer: &Tokenizer,
     inputs: &[String],
     opts: &DecodeOptions,

@@ -5,8 +5,7 @@ use crate::evaluate::{generate_ids, DecodeOptions};
 use crate::trainer::{self, RunOptions, Summary, TrainConfig, TrainData, Validator};
 use fisherkit_common::{bail, ensure, Context, Result};
 use fisherkit_model::burn::tensor::Device;
-use fisherkit_model::{Example, LogProbModel};
-use fisherkit_t5::{TextTokenizer, T5};
+use fisherkit_model::{Example, Model, TextTokenizer};
 use fisherkit_tasks::metrics;
 use std::path::{Path, PathBuf};
 
@@ -58,13 +57,14 @@ fn truncate(ids: &mut Vec<u32>, max: usize, eos: u32) -> bool {
 pub fn read_data(
     path: &Path,
     tokenizer: Option<&TextTokenizer>,
-    model: &T5,
+    model: &dyn Model,
     max_in: usize,
     max_tgt: usize,
     quiet: bool,
 ) -> Result<Vec<Example>> {
-    let cfg = model.config();
-    let mut examples = fisherkit_t5::data::read_examples(path, tokenizer, cfg.vocab_size, true)?;
+    let eos = model.special_tokens().eos;
+    let mut examples =
+        fisherkit_model::data::read_examples(path, tokenizer, model.vocab_size(), true)?;
     let (mut cut_in, mut cut_tgt) = (0, 0);
     for (i, e) in examples.iter_mut().enumerate() {
         ensure!(
@@ -73,8 +73,8 @@ pub fn read_data(
             path.display(),
             i + 1
         );
-        cut_in += usize::from(truncate(&mut e.input_ids, max_in, cfg.eos_token_id));
-        cut_tgt += usize::from(truncate(&mut e.target_ids, max_tgt, cfg.eos_token_id));
+        cut_in += usize::from(truncate(&mut e.input_ids, max_in, eos));
+        cut_tgt += usize::from(truncate(&mut e.target_ids, max_tgt, eos));
     }
     if (cut_in > 0 || cut_tgt > 0) && !quiet {
         eprintln!(
@@ -102,27 +102,31 @@ fn load_tokenizer(
 
 /// Load a model for training: on the autodiff flavour of `device`, with an optional
 /// dropout override.
-pub fn load_for_training(dir: &Path, device: &Device, dropout: Option<f64>) -> Result<T5> {
-    let model = fisherkit_t5::checkpoint::load(dir, &device.clone().autodiff())?;
-    match dropout {
-        Some(rate) => trainer::with_dropout(model, rate),
-        None => Ok(model),
+pub fn load_for_training(
+    dir: &Path,
+    device: &Device,
+    dropout: Option<f64>,
+) -> Result<Box<dyn Model>> {
+    let mut model = fisherkit_models::load(dir, &device.clone().autodiff())?;
+    if let Some(rate) = dropout {
+        model.set_dropout(rate)?;
     }
+    Ok(model)
 }
 
 /// Run a training job. Returns the summary; the model is in `out/model`.
 pub fn run_train(job: &TrainJob, device: &Device, quiet: bool) -> Result<Summary> {
     ensure!(!job.train_files.is_empty(), "no --train file given");
     let model = load_for_training(&job.model_dir, device, job.dropout)?;
-    let eos = model.config().eos_token_id;
+    let eos = model.special_tokens().eos;
     let (tokenizer, tokenizer_path) =
         load_tokenizer(job.tokenizer.as_deref(), &job.model_dir, eos)?;
     if let Some(tk) = &tokenizer {
         ensure!(
-            tk.vocab_size() <= model.config().vocab_size,
+            tk.vocab_size() <= model.vocab_size(),
             "the tokenizer has {} tokens but the model's vocabulary is {}",
             tk.vocab_size(),
-            model.config().vocab_size
+            model.vocab_size()
         );
     }
     let mut sources = Vec::new();
@@ -130,7 +134,7 @@ pub fn run_train(job: &TrainJob, device: &Device, quiet: bool) -> Result<Summary
         sources.push(read_data(
             f,
             tokenizer.as_ref(),
-            &model,
+            &*model,
             job.max_input_len,
             job.max_target_len,
             quiet,
@@ -152,7 +156,7 @@ pub fn run_train(job: &TrainJob, device: &Device, quiet: bool) -> Result<Summary
         Some(f) => Some(read_data(
             f,
             tokenizer.as_ref(),
-            &model,
+            &*model,
             job.max_input_len,
             job.max_target_len,
             quiet,
@@ -198,7 +202,7 @@ pub fn run_train(job: &TrainJob, device: &Device, quiet: bool) -> Result<Summary
                 .max()
                 .unwrap_or(1);
             let max_new = (longest + 8).min(job.max_target_len);
-            validator_fn = move |m: &T5| -> Result<Vec<(String, f64)>> {
+            validator_fn = move |m: &dyn Model| -> Result<Vec<(String, f64)>> {
                 let opts = DecodeOptions {
                     max_new_tokens: max_new,
                     ..Default::default()
@@ -252,8 +256,8 @@ pub struct EvalJob {
 
 /// Generate on the data set and score. Returns the scores.
 pub fn run_eval(job: &EvalJob, device: &Device) -> Result<metrics::Scores> {
-    let model = fisherkit_t5::checkpoint::load(&job.model_dir, device)?;
-    let eos = model.config().eos_token_id;
+    let model = fisherkit_models::load(&job.model_dir, device)?;
+    let eos = model.special_tokens().eos;
     let (tokenizer, _) = load_tokenizer(job.tokenizer.as_deref(), &job.model_dir, eos)?;
     let Some(tokenizer) = tokenizer else {
         bail!(
@@ -269,7 +273,7 @@ pub fn run_eval(job: &EvalJob, device: &Device) -> Result<metrics::Scores> {
     let bar = fisherkit_common::progress::bar(inputs.len() as u64, "examples");
     let mut predictions = Vec::with_capacity(inputs.len());
     for chunk in inputs.chunks(job.decode.batch_size.max(1) * 4) {
-        for g in generate_ids(&model, chunk, &job.decode)? {
+        for g in generate_ids(&*model, chunk, &job.decode)? {
             predictions.push(tokenizer.decode(&cut_at_eos(&g, eos))?);
         }
         bar.inc(chunk.len() as u64);
@@ -312,7 +316,7 @@ pub fn batch_by(batch_size: usize, max_tokens: Option<usize>) -> Result<BatchBy>
 
 /// The model's own loss on examples equals what `score` reports: the mean negative
 /// log-likelihood per target token.
-pub fn model_loss(model: &T5, examples: &[Example]) -> Result<f64> {
+pub fn model_loss(model: &dyn Model, examples: &[Example]) -> Result<f64> {
     ensure!(!model.is_training(), "evaluate with dropout off");
     trainer::mean_loss(model, examples, 32)
 }

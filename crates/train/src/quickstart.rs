@@ -9,10 +9,10 @@ use crate::trainer::{self, RunOptions, TrainConfig, TrainData};
 use fisherkit_common::atomic::{write_json, StagedDir};
 use fisherkit_common::{ensure, Result};
 use fisherkit_model::burn::tensor::Device;
-use fisherkit_model::Example;
-use fisherkit_t5::T5Config;
+use fisherkit_model::{Example, Model, ParamAccess};
 use fisherkit_tasks::{metrics, synthetic, tokenizer};
 use serde::Serialize;
+use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -67,24 +67,26 @@ pub struct QuickstartReport {
     pub tokens_per_s: f64,
 }
 
-/// The tiny model of the quickstart: v1.1-style (gated-GELU, untied head), no dropout.
-pub fn tiny_config(vocab_size: usize, d_model: usize, layers: usize) -> T5Config {
-    T5Config {
-        vocab_size,
-        d_model,
-        d_kv: 32,
-        d_ff: 2 * d_model,
-        num_layers: layers,
-        num_decoder_layers: Some(layers),
-        num_heads: (d_model / 32).max(1),
-        relative_attention_num_buckets: 16,
-        relative_attention_max_distance: 32,
-        dropout_rate: 0.0,
-        feed_forward_proj: "gated-gelu".into(),
-        tie_word_embeddings: false,
-        scale_decoder_outputs: Some(false),
-        ..T5Config::default()
-    }
+/// The `config.json` of the quickstart's tiny model, for the loader registry: a T5
+/// v1.1-style shape (gated-GELU, untied head), no dropout; other keys take the
+/// architecture's defaults.
+pub fn tiny_config(vocab_size: usize, d_model: usize, layers: usize) -> Value {
+    json!({
+        "model_type": "t5",
+        "vocab_size": vocab_size,
+        "d_model": d_model,
+        "d_kv": 32,
+        "d_ff": 2 * d_model,
+        "num_layers": layers,
+        "num_decoder_layers": layers,
+        "num_heads": (d_model / 32).max(1),
+        "relative_attention_num_buckets": 16,
+        "relative_attention_max_distance": 32,
+        "dropout_rate": 0.0,
+        "feed_forward_proj": "gated-gelu",
+        "tie_word_embeddings": false,
+        "scale_decoder_outputs": false,
+    })
 }
 
 /// Tokenise text examples for the model (EOS appended to input and target).
@@ -144,7 +146,7 @@ pub fn suite_tokenizer(examples: &[fisherkit_tasks::Example]) -> Result<tokenize
 
 /// Greedy predictions of `model` for the inputs of `examples`, in order.
 pub fn greedy_predictions(
-    model: &fisherkit_t5::T5,
+    model: &dyn Model,
     tk: &tokenizers::Tokenizer,
     examples: &[fisherkit_tasks::Example],
 ) -> Result<Vec<String>> {
@@ -209,9 +211,8 @@ pub fn run(
     ));
 
     let config = tiny_config(vocab_size, opts.d_model, opts.layers);
-    let model =
-        fisherkit_t5::checkpoint::init(&config, true, opts.seed, &device.clone().autodiff())?;
-    let parameters = fisherkit_model::ParamAccess::num_params(&model);
+    let model = fisherkit_models::init(&config, opts.seed, &device.clone().autodiff())?;
+    let parameters = model.num_params();
     let train = encode(&tk, &train_text)?;
     let valid = encode(&tk, &valid_text)?;
     let train_config = recipe(opts.lr, opts.steps, opts.batch_size, opts.seed)?;
@@ -236,11 +237,11 @@ pub fn run(
         },
     )?;
 
-    let eval_model = fisherkit_model::burn::module::Module::valid(&model);
+    let eval_model = model.without_autodiff();
     let mut results = Vec::new();
     for (t, test) in manifest.tasks.iter().zip(&test_sets) {
         let refs: Vec<String> = test.iter().map(|e| e.target.clone()).collect();
-        let preds = greedy_predictions(&eval_model, &tk, test)?;
+        let preds = greedy_predictions(&*eval_model, &tk, test)?;
         let scores = metrics::evaluate(
             &preds,
             &refs,

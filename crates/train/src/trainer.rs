@@ -1,4 +1,4 @@
-//! The training loop over a T5 model: micro-batches with gradient accumulation,
+//! The training loop over any [`Model`]: micro-batches with gradient accumulation,
 //! cross-entropy (+ optional z-loss), gradient-norm clipping, Adafactor/AdamW with a
 //! schedule, periodic validation, atomic checkpoints and exact resume.
 //!
@@ -14,11 +14,9 @@ use crate::schedule::Schedule;
 use fisherkit_common::atomic::{write_json, StagedDir};
 use fisherkit_common::st::{self, MappedFile, OwnedTensor};
 use fisherkit_common::{bail, ensure, Context, Result};
-use fisherkit_model::burn::module::Module;
 use fisherkit_model::burn::tensor::activation::log_softmax;
 use fisherkit_model::burn::tensor::{Device, Tensor};
-use fisherkit_model::{gather_targets, Example, LogProbModel, ParamMut, ParamRef};
-use fisherkit_t5::T5;
+use fisherkit_model::{gather_targets, Example, LogProbModel, Model, ParamMut, ParamRef};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::io::Write;
@@ -53,7 +51,7 @@ pub struct TrainerState {
 }
 
 /// Validation hook: given the model (dropout off) returns named metrics.
-pub type Validator<'a> = dyn FnMut(&T5) -> Result<Vec<(String, f64)>> + 'a;
+pub type Validator<'a> = dyn FnMut(&dyn Model) -> Result<Vec<(String, f64)>> + 'a;
 
 /// Result of a run.
 #[derive(Debug, Clone, Serialize)]
@@ -84,13 +82,11 @@ fn dropout_seed(seed: u64, step: u64, micro: usize) -> u64 {
 
 /// `(sum of -log p over target tokens, sum of z-loss terms)` of one batch, differentiable.
 pub fn batch_loss_terms(
-    model: &T5,
+    model: &dyn Model,
     batch: &[Example],
     want_z: bool,
 ) -> Result<(Tensor<1>, Option<Tensor<1>>)> {
-    let inputs: Vec<Vec<u32>> = batch.iter().map(|e| e.input_ids.clone()).collect();
-    let targets: Vec<Vec<u32>> = batch.iter().map(|e| e.target_ids.clone()).collect();
-    let logits = model.teacher_forced_logits(&inputs, &targets)?;
+    let logits = model.logits(batch)?;
     let log_probs = log_softmax(logits.clone(), 2);
     let z = if want_z {
         // logsumexp = logit - log-softmax, read at vocabulary index 0; pad positions masked.
@@ -114,7 +110,7 @@ pub fn batch_loss_terms(
 }
 
 /// Mean cross-entropy per target token of `examples` (dropout off, no gradients).
-pub fn mean_loss(model: &T5, examples: &[Example], batch_size: usize) -> Result<f64> {
+pub fn mean_loss(model: &dyn Model, examples: &[Example], batch_size: usize) -> Result<f64> {
     let mut order: Vec<usize> = (0..examples.len()).collect();
     order.sort_by_key(|&i| (examples[i].input_ids.len(), examples[i].target_ids.len()));
     let (mut total, mut tokens) = (0.0f64, 0usize);
@@ -214,7 +210,7 @@ fn checkpoint_steps(out: &Path) -> Result<Vec<(u64, PathBuf)>> {
 /// the oldest beyond `keep`.
 fn write_checkpoint(
     out: &Path,
-    model: &T5,
+    model: &dyn Model,
     optimizer: &Optimizer,
     state: &TrainerState,
     tokenizer: Option<&Path>,
@@ -224,7 +220,7 @@ fn write_checkpoint(
         .join(CHECKPOINTS_DIR)
         .join(format!("step-{:08}", state.step));
     let staged = StagedDir::new(&dir, true)?;
-    fisherkit_t5::checkpoint::save(model, &staged.path().join("model"), tokenizer, false)?;
+    model.save_checkpoint(&staged.path().join("model"), tokenizer, false)?;
     let tensors: Vec<(String, OwnedTensor)> = optimizer
         .state_tensors()?
         .into_iter()
@@ -250,8 +246,8 @@ pub fn load_checkpoint(
     dir: &Path,
     device: &Device,
     optimizer: &mut Optimizer,
-) -> Result<(T5, TrainerState)> {
-    let model = fisherkit_t5::checkpoint::load(&dir.join("model"), device)?;
+) -> Result<(Box<dyn Model>, TrainerState)> {
+    let model = fisherkit_models::load(&dir.join("model"), device)?;
     let state: TrainerState = serde_json::from_str(
         &std::fs::read_to_string(dir.join(STATE_FILE))
             .with_context(|| format!("reading {}", dir.join(STATE_FILE).display()))?,
@@ -327,11 +323,11 @@ pub struct RunOptions<'a> {
 /// model and a summary; the final model is saved under `out/model` when the run
 /// reaches `total_steps`.
 pub fn train(
-    mut model: T5,
+    mut model: Box<dyn Model>,
     data: TrainData<'_>,
     config: &TrainConfig,
     mut run: RunOptions<'_>,
-) -> Result<(T5, Summary)> {
+) -> Result<(Box<dyn Model>, Summary)> {
     let out = run.out;
     ensure!(
         model.device().is_autodiff(),
@@ -367,8 +363,10 @@ pub fn train(
                 out.display(),
                 config_path.display()
             );
-            let (m, s) = load_checkpoint(&ckpt, &device, &mut optimizer)?;
-            model = carry_training_flags(m, &model)?;
+            let (mut loaded, s) = load_checkpoint(&ckpt, &device, &mut optimizer)?;
+            // The run's dropout rate, not the one the checkpoint was saved with.
+            loaded.set_dropout(model.dropout())?;
+            model = loaded;
             state = s;
             resumed_from = Some(ckpt);
         }
@@ -421,7 +419,7 @@ pub fn train(
             .map(|ids| ids.iter().map(|&i| data.train[i].clone()).collect())
             .collect();
         let lr = schedule.lr_at(step);
-        let stats = match train_step(&mut model, &mut optimizer, &batches, config, lr, step) {
+        let stats = match train_step(&mut *model, &mut optimizer, &batches, config, lr, step) {
             Ok(stats) => stats,
             Err(e) => {
                 bar.abandon();
@@ -456,13 +454,12 @@ pub fn train(
         if eval_now && (data.valid.is_some() || run.validator.is_some()) {
             model.set_training(false);
             let mut row = serde_json::json!({"step": step});
+            let eval_model = model.without_autodiff();
             if let Some(valid) = data.valid {
-                let eval_model = model.valid();
-                row["valid_loss"] = mean_loss(&eval_model, valid, 32)?.into();
+                row["valid_loss"] = mean_loss(&*eval_model, valid, 32)?.into();
             }
             if let Some(validator) = run.validator.as_deref_mut() {
-                let eval_model = model.valid();
-                for (name, value) in validator(&eval_model)? {
+                for (name, value) in validator(&*eval_model)? {
                     row[format!("valid_{name}")] = value.into();
                 }
             }
@@ -481,7 +478,7 @@ pub fn train(
         {
             last_good = Some(write_checkpoint(
                 out,
-                &model,
+                &*model,
                 &optimizer,
                 &state,
                 run.tokenizer,
@@ -493,7 +490,7 @@ pub fn train(
     let finished = state.step >= config.total_steps;
     if finished {
         model.set_training(false);
-        fisherkit_t5::checkpoint::save(&model, &out.join("model"), run.tokenizer, true)?;
+        model.save_checkpoint(&out.join("model"), run.tokenizer, true)?;
     }
     let seconds = started.elapsed().as_secs_f64();
     Ok((
@@ -523,7 +520,7 @@ pub struct StepStats {
 /// by the number of target tokens of all batches together, as if they were one batch.
 /// A non-finite loss or gradient is an error and leaves the model untouched.
 pub fn train_step(
-    model: &mut T5,
+    model: &mut dyn Model,
     optimizer: &mut Optimizer,
     batches: &[Vec<Example>],
     config: &TrainConfig,
@@ -603,28 +600,4 @@ fn param_ref<'a>(p: &'a ParamMut<'_>) -> ParamRef<'a> {
         ParamMut::Matrix(m) => ParamRef::Matrix(m),
         ParamMut::Vector(v) => ParamRef::Vector(v),
     }
-}
-
-/// A checkpoint's model with the dropout rate of the model the run was started with.
-fn carry_training_flags(loaded: T5, original: &T5) -> Result<T5> {
-    if loaded.config().dropout_rate == original.config().dropout_rate {
-        return Ok(loaded);
-    }
-    with_dropout(loaded, original.config().dropout_rate)
-}
-
-/// The same weights with another dropout rate.
-pub fn with_dropout(model: T5, rate: f64) -> Result<T5> {
-    ensure!(
-        (0.0..1.0).contains(&rate),
-        "dropout must be in [0, 1), got {rate}"
-    );
-    let mut config = model.config().clone();
-    config.dropout_rate = rate;
-    let mut fresh = T5::skeleton(&config, model.lm_head.is_some(), &model.device())?;
-    fisherkit_model::ParamAccess::write_params(
-        &mut fresh,
-        &fisherkit_model::ParamAccess::read_params(&model)?,
-    )?;
-    Ok(fresh)
 }

@@ -5,10 +5,10 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use fisherkit_common::jsonl;
-use fisherkit_model::Example;
 use serde_json::Value;
 
 use crate::tokenizer::TextTokenizer;
+use crate::Example;
 
 /// Read examples; `with_targets` demands a target on every line (`score`).
 /// Ids are checked against `vocab_size`; text is tokenized with EOS appended.

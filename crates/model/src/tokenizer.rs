@@ -4,6 +4,9 @@ use std::path::Path;
 
 use anyhow::{anyhow, Result};
 
+/// The tokenizer file of a checkpoint directory.
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
+
 /// A checkpoint's tokenizer.
 pub struct TextTokenizer {
     inner: tokenizers::Tokenizer,
@@ -22,7 +25,7 @@ impl TextTokenizer {
 
     /// The tokenizer of a checkpoint directory, if it has one.
     pub fn from_dir(dir: &Path, eos_token_id: u32) -> Result<Option<Self>> {
-        let path = dir.join(crate::checkpoint::TOKENIZER_FILE);
+        let path = dir.join(TOKENIZER_FILE);
         path.exists()
             .then(|| Self::load(&path, eos_token_id))
             .transpose()
@@ -32,8 +35,8 @@ impl TextTokenizer {
         self.inner.get_vocab_size(true)
     }
 
-    /// Token ids of `text` ending with EOS (the T5 post-processor appends it; added here
-    /// when a tokenizer.json lacks that post-processor).
+    /// Token ids of `text` ending with EOS (T5-style post-processors append it; added here
+    /// when a tokenizer.json lacks one).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
         let encoding = self
             .inner
