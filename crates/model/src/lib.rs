@@ -289,7 +289,7 @@ pub struct SpecialTokens {
 /// Everything above the model crates (training, Fishers, merge search, scoring,
 /// generation, evaluation) reaches a model through this trait, as `Box<dyn Model>` from
 /// the loader registry (`fisherkit-models`). One implementation per architecture.
-pub trait Model: LogProbModel + std::fmt::Debug {
+pub trait Model: LogProbModel + std::fmt::Debug + Send {
     /// `config.json`'s `model_type` (e.g. `t5`).
     fn model_type(&self) -> &str;
 

@@ -97,12 +97,13 @@ const W_TILE: usize = 4;
 /// enough reads in flight when the arithmetic per row grows with the input rows.
 const PREFETCH_ROWS: usize = 2 * W_TILE;
 
-/// Dispatches to the widest SIMD the CPU has; the kernel is one generic body over
-/// [`Lanes`], compiled per target feature set.
+/// Dispatches to the widest SIMD the CPU has (AVX-512 only in builds with the `avx512`
+/// feature, like the backend's gemm); the kernel is one generic body over [`Lanes`],
+/// compiled per target feature set.
 fn dot_block(x: &[f32], rows: usize, w: &[f32], k: usize, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx512f") {
+        if cfg!(feature = "avx512") && std::arch::is_x86_feature_detected!("avx512f") {
             // SAFETY: the CPU supports AVX-512F (checked just above).
             return unsafe { x86::dot_block_avx512(x, rows, w, k, out) };
         }

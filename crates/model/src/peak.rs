@@ -56,12 +56,13 @@ pub fn matmul_rate(shape: [usize; 3], threads: usize, repeats: usize) -> Result<
     })
 }
 
-/// The SIMD instruction sets this CPU offers that the kernels pick from at run time.
+/// The SIMD instruction sets the matmul kernels of this build pick from at run time on
+/// this CPU (AVX-512 only in builds with the `avx512` feature).
 pub fn instruction_sets() -> Vec<&'static str> {
     let mut found = Vec::new();
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx512f") {
+        if cfg!(feature = "avx512") && std::arch::is_x86_feature_detected!("avx512f") {
             found.push("avx512f");
         }
         if std::arch::is_x86_feature_detected!("avx2") {

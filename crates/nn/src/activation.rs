@@ -3,9 +3,7 @@
 //! activation is added in one place.
 
 use anyhow::{bail, Result};
-use fisherkit_model::burn::tensor::activation::{
-    elu, gelu, gelu_approximate, relu, selu, sigmoid, silu, softplus,
-};
+use fisherkit_model::burn::tensor::activation::{elu, gelu, relu, selu, sigmoid, silu, softplus};
 use fisherkit_model::burn::tensor::Tensor;
 
 /// Activation of a feed-forward block (or of the gated branch of a gated one).
@@ -46,7 +44,14 @@ impl Activation {
         match self {
             Activation::Relu => relu(x),
             Activation::Gelu => gelu(x),
-            Activation::GeluTanh => gelu_approximate(x),
+            // 0.5·(1 + tanh(u)) = σ(2u): one fused, stable sigmoid instead of burn's
+            // element-wise tanh and powf, which took a quarter of a small model's training
+            // step (perf).
+            Activation::GeluTanh => {
+                let cubic = x.clone() * x.clone() * x.clone();
+                let inner = (x.clone() + cubic * GELU_CUBIC) * (2.0 * SQRT_2_OVER_PI);
+                x * sigmoid(inner)
+            }
             Activation::Silu => silu(x),
             Activation::Elu => elu(x, 1.0),
             Activation::Selu => selu(x),
@@ -234,6 +239,26 @@ mod tests {
                     "{act:?}'({z}): {d} vs difference {numeric}"
                 );
             }
+        }
+    }
+
+    /// The σ(2u) form of the tanh-approximated GELU against burn's own tanh form.
+    #[test]
+    fn gelu_tanh_equals_burns_gelu_approximate() {
+        let zs: Vec<f32> = (-400..=400).map(|i| i as f32 * 0.05 + 0.003).collect();
+        let x = Tensor::<1>::from_data(TensorData::new(zs.clone(), [zs.len()]), &Device::flex());
+        let ours = Activation::GeluTanh
+            .forward(x.clone())
+            .try_into_vec_as::<f32>()
+            .unwrap();
+        let burns = fisherkit_model::burn::tensor::activation::gelu_approximate(x)
+            .try_into_vec_as::<f32>()
+            .unwrap();
+        for ((z, a), b) in zs.iter().zip(&ours).zip(&burns) {
+            assert!(
+                (a - b).abs() <= 1e-6 * a.abs().max(1.0),
+                "gelu_new({z}): {a} vs burn {b}"
+            );
         }
     }
 

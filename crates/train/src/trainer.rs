@@ -419,7 +419,13 @@ pub fn train(
             .map(|ids| ids.iter().map(|&i| data.train[i].clone()).collect())
             .collect();
         let lr = schedule.lr_at(step);
-        let stats = match train_step(&mut *model, &mut optimizer, &batches, config, lr, step) {
+        // On a rayon worker thread, as decoding: a step issues hundreds of small parallel
+        // tensor operations, and issued from outside the pool each one wakes the workers
+        // and puts the caller to sleep.
+        let update = rayon::scope(|_| {
+            train_step(&mut *model, &mut optimizer, &batches, config, lr, step)
+        });
+        let stats = match update {
             Ok(stats) => stats,
             Err(e) => {
                 bar.abandon();
