@@ -321,7 +321,14 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         fisherkit_t5::generate(&model, &inputs, &options).map(|_| ())
     })?;
     let forward_tokens = shape.batch * (shape.input_len + shape.target_len);
-    let report = json!({
+    let forward = fisherkit_model::peak::Workload {
+        name: "forward",
+        flops: Model::forward_flops(&model, shape.batch, shape.input_len, shape.target_len),
+        seconds: forward_s,
+    };
+    let peak =
+        fisherkit_model::peak::workload_peak(model.dominant_matmul(shape.batch * shape.input_len))?;
+    let mut report = json!({
         "preset": shape.preset,
         "params": model.num_params(),
         "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
@@ -334,6 +341,10 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         "generate_s": generate_s,
         "generate_tokens_per_s": (shape.batch * shape.target_len) as f64 / generate_s,
     });
+    let share = fisherkit_model::peak::share_of_peak(peak, &[forward]);
+    for (key, value) in share.as_object().expect("an object") {
+        report[key] = value.clone();
+    }
     println!("{report}");
     if let Some(path) = &args.json {
         fisherkit_common::atomic::write_json(Path::new(path), &report)?;

@@ -374,3 +374,25 @@ fn bench_matmul_rates_are_flops_over_time() {
         );
     }
 }
+
+/// `bench train` reports its step against the matmul peak measured in the same run: the
+/// step's flops are three forward passes counted from the configuration, its rate and
+/// share of the peak follow from its time.
+#[test]
+fn bench_train_reports_its_share_of_the_peak() {
+    #[rustfmt::skip]
+    let out = ok(&["bench", "train", "--preset", "tiny", "--batch", "2", "--input-len", "8",
+        "--target-len", "4", "--warmup", "0", "--steps", "1"]);
+    let report: Value = serde_json::from_str(&out).unwrap();
+    let peak = report["peak_gflops_per_s"].as_f64().unwrap();
+    let step = &report["workloads"][0];
+    assert_eq!(step["name"], "train_step");
+    let config = fisherkit_t5::T5Config::preset("tiny").unwrap();
+    let flops = 3.0 * fisherkit_t5::flops::forward(&config, 2, 8, 4);
+    assert_eq!(step["flops"].as_f64().unwrap(), flops);
+    let seconds = step["seconds"].as_f64().unwrap();
+    assert_eq!(seconds, report["step_seconds"].as_f64().unwrap());
+    let rate = step["gflops_per_s"].as_f64().unwrap();
+    assert!((rate - flops / seconds / 1e9).abs() < 1e-9 * rate, "{step}");
+    assert!(peak > 0.0 && (step["peak_fraction"].as_f64().unwrap() - rate / peak).abs() < 1e-12);
+}

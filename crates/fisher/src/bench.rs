@@ -34,6 +34,10 @@ pub struct BenchReport {
     /// The same through burn's autodiff, when the model has its own backward pass.
     pub autodiff_gradients_per_second: Option<f64>,
     pub diagonal_pefs_per_second: f64,
+    /// `peak_gflops_per_s` and `workloads` (one example's squared gradient = one forward
+    /// and one backward pass, ≈ 3 forward passes of flops).
+    #[serde(flatten)]
+    pub share_of_peak: serde_json::Value,
 }
 
 fn tokens(n: usize, vocab: usize, salt: usize) -> Vec<u32> {
@@ -110,7 +114,14 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
         std::hint::black_box(top_k_diagonal(&diagonal, opts.top_k)?);
     }
     let diagonal_pefs_per_second = items.len() as f64 / start.elapsed().as_secs_f64();
+    let gradient = fisherkit_model::peak::Workload {
+        name: "per_example_gradient",
+        flops: 3.0 * model.forward_flops(1, opts.input_len, opts.target_len),
+        seconds: 1.0 / gradients_per_second,
+    };
+    let peak = fisherkit_model::peak::workload_peak(model.dominant_matmul(opts.input_len))?;
     Ok(BenchReport {
+        share_of_peak: fisherkit_model::peak::share_of_peak(peak, &[gradient]),
         preset: opts.preset.clone(),
         parameters,
         input_len: opts.input_len,

@@ -332,6 +332,17 @@ pub trait Model: LogProbModel + std::fmt::Debug + Send {
     /// backend): evaluation during training records no graph.
     fn without_autodiff(&self) -> Box<dyn Model>;
 
+    /// Floating-point operations (matrix products' multiply-adds × 2) of one
+    /// teacher-forced forward pass over `batch` examples of `input_len` input and
+    /// `target_len` target tokens, counted from the configuration: the numerator of a
+    /// bench's share of the matmul peak.
+    fn forward_flops(&self, batch: usize, input_len: usize, target_len: usize) -> f64;
+
+    /// The shape `[rows, inner, columns]` of the model's dominant weight product over
+    /// `rows` token rows (the feed-forward input projection): where benches measure the
+    /// matmul peak their workloads are compared with.
+    fn dominant_matmul(&self, rows: usize) -> [usize; 3];
+
     /// The model's tokenizer from `tokenizer.json` in `dir`, if present, with this
     /// model's EOS.
     fn tokenizer_in(&self, dir: &Path) -> Result<Option<TextTokenizer>> {

@@ -83,3 +83,46 @@ pub fn cpu_model() -> Option<String> {
         .and_then(|l| l.split_once(':'))
         .map(|(_, name)| name.trim().to_string())
 }
+
+/// One timed unit of a bench (a training step, a forward pass, one example's gradient)
+/// against the machine's matmul peak.
+#[derive(Clone, Debug)]
+pub struct Workload {
+    /// `train_step`, `forward`, `per_example_gradient`, ...
+    pub name: &'static str,
+    /// Floating-point operations of one unit, counted from the configuration.
+    pub flops: f64,
+    /// Seconds of one unit.
+    pub seconds: f64,
+}
+
+impl Workload {
+    pub fn gflops_per_s(&self) -> f64 {
+        self.flops / self.seconds / 1e9
+    }
+
+    /// `{name, flops, seconds, gflops_per_s, peak_fraction}` against `peak_gflops_per_s`.
+    pub fn to_json(&self, peak_gflops_per_s: f64) -> serde_json::Value {
+        serde_json::json!({
+            "name": self.name,
+            "flops": self.flops,
+            "seconds": self.seconds,
+            "gflops_per_s": self.gflops_per_s(),
+            "peak_fraction": self.gflops_per_s() / peak_gflops_per_s,
+        })
+    }
+}
+
+/// The peak a workload is compared with: the best rate of its dominant product `shape`
+/// on the threads the workload itself uses (rayon's pool).
+pub fn workload_peak(shape: [usize; 3]) -> Result<f64> {
+    Ok(matmul_rate(shape, rayon::current_num_threads(), 3)?.gflops)
+}
+
+/// A bench's share-of-the-peak fields: `peak_gflops_per_s` and the `workloads` array.
+pub fn share_of_peak(peak_gflops_per_s: f64, workloads: &[Workload]) -> serde_json::Value {
+    serde_json::json!({
+        "peak_gflops_per_s": peak_gflops_per_s,
+        "workloads": workloads.iter().map(|w| w.to_json(peak_gflops_per_s)).collect::<Vec<_>>(),
+    })
+}

@@ -11,6 +11,7 @@
 pub mod backprop;
 pub mod checkpoint;
 pub mod config;
+pub mod flops;
 pub mod generate;
 pub mod model;
 
@@ -75,6 +76,14 @@ impl LogProbModel for T5 {
 impl Model for T5 {
     fn model_type(&self) -> &str {
         MODEL_TYPE
+    }
+
+    fn forward_flops(&self, batch: usize, input_len: usize, target_len: usize) -> f64 {
+        flops::forward(&self.config, batch, input_len, target_len)
+    }
+
+    fn dominant_matmul(&self, rows: usize) -> [usize; 3] {
+        [rows, self.config.d_model, self.config.d_ff]
     }
 
     fn vocab_size(&self) -> usize {

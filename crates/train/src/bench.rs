@@ -34,6 +34,10 @@ pub struct BenchReport {
     pub step_seconds: f64,
     pub tokens_per_s: f64,
     pub threads: usize,
+    /// `peak_gflops_per_s` and `workloads` (a step = one forward and one backward pass,
+    /// ≈ 3 forward passes of flops).
+    #[serde(flatten)]
+    pub share_of_peak: serde_json::Value,
 }
 
 pub fn run(opts: &BenchOptions, device: &Device) -> Result<BenchReport> {
@@ -93,7 +97,15 @@ pub fn run(opts: &BenchOptions, device: &Device) -> Result<BenchReport> {
     }
     bar.finish_and_clear();
     let step_seconds = t.elapsed().as_secs_f64() / opts.steps.max(1) as f64;
+    let step = fisherkit_model::peak::Workload {
+        name: "train_step",
+        flops: 3.0 * model.forward_flops(opts.batch, opts.input_len, opts.target_len),
+        seconds: step_seconds,
+    };
+    let peak =
+        fisherkit_model::peak::workload_peak(model.dominant_matmul(opts.batch * opts.input_len))?;
     Ok(BenchReport {
+        share_of_peak: fisherkit_model::peak::share_of_peak(peak, &[step]),
         preset: opts.preset.clone(),
         optimizer: if opts.adafactor { "adafactor" } else { "adamw" }.into(),
         parameters: model.num_params(),

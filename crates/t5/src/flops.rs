@@ -1,0 +1,87 @@
+//! Floating-point operations of T5's passes counted from the configuration: the
+//! multiply-adds of every matrix product × 2 (projections, attention scores and values,
+//! the output head). Element-wise work (norms, softmax, activations) is left out: it is
+//! not what the matmul peak measures. The numerator of the benches' share of the peak.
+
+use crate::config::T5Config;
+
+/// One teacher-forced forward pass over `batch` examples of `input_len` input and
+/// `target_len` target tokens (every position of the padded lengths, masked ones too).
+pub fn forward(config: &T5Config, batch: usize, input_len: usize, target_len: usize) -> f64 {
+    let (d, ff) = (config.d_model as f64, config.d_ff as f64);
+    let inner = config.inner_dim() as f64;
+    let kv_inner = (config.kv_heads() * config.d_kv) as f64;
+    let (inputs, targets) = ((batch * input_len) as f64, (batch * target_len) as f64);
+    let feed_forward = if config.feed_forward().gated {
+        3.0
+    } else {
+        2.0
+    } * d
+        * ff;
+    // q and o are d × inner, k and v d × (key/value heads × d_kv), per token.
+    let projections = 2.0 * d * inner + 2.0 * d * kv_inner;
+    // Scores q·k and the weighted values: heads × d_kv multiply-adds each per query-key pair.
+    let attention = |queries: usize, keys: usize| 2.0 * (batch * queries * keys) as f64 * inner;
+    let encoder_layer = inputs * (projections + feed_forward) + attention(input_len, input_len);
+    let decoder_layer = targets * (projections + feed_forward)
+        + attention(target_len, target_len)
+        + targets * 2.0 * d * inner
+        + inputs * 2.0 * d * kv_inner
+        + attention(target_len, input_len);
+    let width = config.embedding_width() as f64;
+    let factorised = if config.embedding_width() != config.d_model {
+        (inputs + targets) * width * d
+    } else {
+        0.0
+    };
+    let head = targets * d * config.vocab_size as f64;
+    2.0 * (config.num_layers as f64 * encoder_layer
+        + config.decoder_layers() as f64 * decoder_layer
+        + factorised
+        + head)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// t5-small at batch 8, 128 → 32, counted by hand (multiply-adds):
+    /// encoder layer: 1024 tokens × (4·512² + 2·512·2048) + 2·8·128²·512 scores/values;
+    /// decoder layer: 256 × (4·512² + 2·512·2048) + 2·8·32²·512 + cross q,o 256 × 2·512²
+    /// + cross k,v 1024 × 2·512² + 2·8·32·128·512; head 256 × 512 × 32128; ≈ 66.9 GFLOP,
+    /// the figure the speed issue quotes.
+    #[test]
+    fn t5_small_forward_matches_a_hand_count() {
+        let config = T5Config::preset("t5-small").unwrap();
+        let per_token: u64 = 4 * 512 * 512 + 2 * 512 * 2048;
+        let encoder = 6 * (1024 * per_token + 2 * 8 * 128 * 128 * 512);
+        let decoder = 6
+            * (256 * per_token
+                + 2 * 8 * 32 * 32 * 512
+                + 256 * 2 * 512 * 512
+                + 1024 * 2 * 512 * 512
+                + 2 * 8 * 32 * 128 * 512);
+        let head: u64 = 256 * 512 * 32128;
+        let hand = 2.0 * (encoder + decoder + head) as f64;
+        assert_eq!(forward(&config, 8, 128, 32), hand);
+        assert!((hand / 1e9 - 66.9).abs() < 0.05, "{hand}");
+    }
+
+    /// Grouped-query heads shrink k and v; a gated feed-forward has three matrices.
+    #[test]
+    fn switches_change_the_count_by_their_matrices() {
+        let config = T5Config::preset("t5-small").unwrap();
+        let base = forward(&config, 1, 10, 4);
+        let mut gated = config.clone();
+        gated.feed_forward_proj = "gated-gelu".into();
+        // One more d × d_ff matrix per layer over every token of both stacks.
+        let extra = 2.0 * 512.0 * 2048.0 * (6.0 * 10.0 + 6.0 * 4.0);
+        assert_eq!(forward(&gated, 1, 10, 4) - base, extra);
+        let grouped = config
+            .with_settings(&[("num_key_value_heads".into(), "2".into())])
+            .unwrap();
+        // k and v: 512 → 128 columns, for self-attention tokens and cross-attention keys.
+        let saved = 2.0 * 2.0 * 512.0 * 384.0 * (6.0 * 10.0 + 6.0 * 4.0 + 6.0 * 10.0);
+        assert_eq!(base - forward(&grouped, 1, 10, 4), saved);
+    }
+}
