@@ -250,9 +250,9 @@ fn real_badwords_list_equals_the_reference_regex_on_real_text() {
         env!("CARGO_MANIFEST_DIR"),
         "/../../testdata/c4-real/badwords-en.txt"
     ));
-    let list = std::fs::read_to_string(&path).unwrap();
+    let list = std::fs::read_to_string(path).unwrap();
     let words: Vec<&str> = list.lines().filter(|l| !l.trim().is_empty()).collect();
-    let bw = Badwords::from_file(&path).unwrap();
+    let bw = Badwords::from_file(path).unwrap();
     let re = reference_regex(&words);
     for text in [
         "a classic text without anything.",

@@ -66,7 +66,8 @@ impl Activation {
         match self {
             Activation::Relu => z.max(0.0),
             Activation::Gelu => 0.5 * z * (1.0 + libm::erff(z * std::f32::consts::FRAC_1_SQRT_2)),
-            Activation::GeluTanh => 0.5 * z * (1.0 + gelu_tanh_inner(z).tanh()),
+            // 0.5·(1 + tanh(u)) = σ(2u), as the burn forward computes it.
+            Activation::GeluTanh => z * logistic(2.0 * gelu_tanh_inner(z)),
             Activation::Silu => z * logistic(z),
             Activation::Elu => {
                 if z > 0.0 {
@@ -104,9 +105,9 @@ impl Activation {
                 cdf + z * pdf
             }
             Activation::GeluTanh => {
-                let t = gelu_tanh_inner(z).tanh();
-                0.5 * (1.0 + t)
-                    + 0.5 * z * (1.0 - t * t) * SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_CUBIC * z * z)
+                // With s = σ(2u) = 0.5·(1 + tanh u): 0.5·(1 − tanh² u) = 2·s·(1 − s).
+                let s = logistic(2.0 * gelu_tanh_inner(z));
+                s + 2.0 * z * s * (1.0 - s) * SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_CUBIC * z * z)
             }
             Activation::Silu => {
                 let s = logistic(z);

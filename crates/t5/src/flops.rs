@@ -45,11 +45,11 @@ pub fn forward(config: &T5Config, batch: usize, input_len: usize, target_len: us
 mod tests {
     use super::*;
 
-    /// t5-small at batch 8, 128 → 32, counted by hand (multiply-adds):
-    /// encoder layer: 1024 tokens × (4·512² + 2·512·2048) + 2·8·128²·512 scores/values;
-    /// decoder layer: 256 × (4·512² + 2·512·2048) + 2·8·32²·512 + cross q,o 256 × 2·512²
-    /// + cross k,v 1024 × 2·512² + 2·8·32·128·512; head 256 × 512 × 32128; ≈ 66.9 GFLOP,
-    /// the figure the speed issue quotes.
+    /// t5-small at batch 8, 128 → 32, counted by hand (multiply-adds). Encoder layer:
+    /// 1024 tokens × (4·512² + 2·512·2048) + 2·8·128²·512 scores/values. Decoder layer:
+    /// 256 × (4·512² + 2·512·2048) + 2·8·32²·512, cross q and o 256 × 2·512², cross k and
+    /// v 1024 × 2·512², 2·8·32·128·512. Head: 256 × 512 × 32128. ≈ 66.9 GFLOP, the
+    /// figure the speed issue quotes.
     #[test]
     fn t5_small_forward_matches_a_hand_count() {
         let config = T5Config::preset("t5-small").unwrap();
