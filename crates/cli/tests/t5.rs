@@ -396,3 +396,51 @@ fn bench_train_reports_its_share_of_the_peak() {
     assert!((rate - flops / seconds / 1e9).abs() < 1e-9 * rate, "{step}");
     assert!(peak > 0.0 && (step["peak_fraction"].as_f64().unwrap() - rate / peak).abs() < 1e-12);
 }
+
+/// Bad switches are refused before any weight is written, naming the key and listing
+/// what is valid; a checkpoint whose config.json carries a bad switch value is refused
+/// naming the file.
+#[test]
+fn bad_switches_are_named_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("model");
+    let init = |sets: &[&str]| -> String {
+        let mut args = vec!["init", "--preset", "tiny", "--seed", "0", "--out", s(&out)];
+        for set in sets {
+            args.extend(["--set", set]);
+        }
+        fails(&args)
+    };
+    let err = init(&["wobble=1"]);
+    assert!(
+        err.contains("\"wobble\"") && err.contains("norm_type"),
+        "{err}"
+    );
+    let err = init(&["norm_type=batch"]);
+    assert!(err.contains("batch") && err.contains("rezero_rms"), "{err}");
+    let err = init(&["feed_forward_proj=gated-wobble"]);
+    assert!(err.contains("softplus") && err.contains("gated-"), "{err}");
+    let err = init(&["embedding_dim=64", "tie_word_embeddings=true"]);
+    assert!(err.contains("cannot be tied"), "{err}");
+    let err = init(&["num_key_value_heads=3"]);
+    assert!(err.contains("must divide num_heads 8"), "{err}");
+    let err = init(&["position_embedding_type=rotary", "d_kv=33"]);
+    assert!(err.contains("even d_kv"), "{err}");
+    let err = init(&["num_layers"]);
+    assert!(err.contains("KEY=VALUE"), "{err}");
+    assert!(!out.exists(), "nothing written");
+
+    ok(&["init", "--preset", "tiny", "--seed", "0", "--out", s(&out)]);
+    let config_path = out.join("config.json");
+    let mut config: Value =
+        serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    config["position_embedding_type"] = "spiral".into();
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let data = tmp.path().join("d.jsonl");
+    std::fs::write(&data, "{\"input_ids\": [5, 1], \"target_ids\": [6, 1]}\n").unwrap();
+    let err = fails(&["score", "--model", s(&out), "--data", s(&data)]);
+    assert!(
+        err.contains("config.json") && err.contains("spiral") && err.contains("rotary"),
+        "{err}"
+    );
+}

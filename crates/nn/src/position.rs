@@ -194,6 +194,18 @@ fn sinusoid(pos: usize, d: usize) -> impl Iterator<Item = f32> {
     })
 }
 
+/// An error when a sequence of `len` tokens is longer than absolute positions reach
+/// (the burn and the CPU pass share it).
+fn check_length(kind: PositionKind, max_positions: usize, len: usize) -> Result<()> {
+    if kind == PositionKind::Absolute {
+        ensure!(
+            len <= max_positions,
+            "sequence of {len} tokens is longer than max_position_embeddings ({max_positions})"
+        );
+    }
+    Ok(())
+}
+
 /// Positions added to a stack's input embeddings (absolute learned or sinusoidal; none
 /// for relative and rotary positions, which act inside attention).
 #[derive(Module, Debug)]
@@ -220,14 +232,7 @@ impl Positions {
 
     /// An error when a sequence is longer than the absolute positions reach.
     pub fn check_length(&self, len: usize) -> Result<()> {
-        if self.kind == PositionKind::Absolute {
-            ensure!(
-                len <= self.max_positions,
-                "sequence of {len} tokens is longer than max_position_embeddings ({})",
-                self.max_positions
-            );
-        }
-        Ok(())
+        check_length(self.kind, self.max_positions, len)
     }
 
     /// `x` `[batch, len, d]` at positions `first..first + len`, plus their embeddings.
@@ -254,6 +259,7 @@ impl Positions {
         CpuPositions {
             absolute: self.absolute.as_ref().map(|p| binder.weight(p)),
             kind: self.kind,
+            max_positions: self.max_positions,
         }
     }
 }
@@ -261,9 +267,15 @@ impl Positions {
 pub struct CpuPositions {
     absolute: Option<Arc<Weight>>,
     kind: PositionKind,
+    max_positions: usize,
 }
 
 impl CpuPositions {
+    /// See [`Positions::check_length`].
+    pub fn check_length(&self, len: usize) -> Result<()> {
+        check_length(self.kind, self.max_positions, len)
+    }
+
     /// Adds the embeddings of positions `0..rows` to `x` `[rows, d]`.
     pub fn forward(&self, x: &mut [f32], d: usize) {
         match (self.kind, &self.absolute) {

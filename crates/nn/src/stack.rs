@@ -319,6 +319,11 @@ impl CpuStack {
         self.blocks[0][0].attention.as_ref()?.relative_bias.as_ref()
     }
 
+    /// An error when `len` tokens do not fit the stack's positions.
+    pub fn check_length(&self, len: usize) -> anyhow::Result<()> {
+        self.positions.check_length(len)
+    }
+
     /// Cross-attention keys/values of every applied layer over `memory` `[rows, d]`.
     pub fn cross_key_values(&self, memory: &[f32], rows: usize) -> Vec<KeyValues> {
         (0..self.depth)

@@ -153,17 +153,11 @@ impl ExampleBackprop for T5Backprop {
         each: &mut EachGradient<'_>,
     ) -> Result<()> {
         self.config.check_ids(input, "input")?;
+        self.encoder.check_length(input.len())?;
         for target in targets {
             self.config.check_ids(target, "target")?;
-        }
-        let positions = self.config.max_positions();
-        if self.config.position_kind()? == fisherkit_nn::PositionKind::Absolute {
-            let longest = targets.iter().map(Vec::len).chain([input.len()]).max();
-            ensure!(
-                longest.unwrap_or(0) <= positions,
-                "sequence of {} tokens is longer than max_position_embeddings ({positions})",
-                longest.unwrap_or(0)
-            );
+            // The decoder input is the target shifted right: the same length.
+            self.decoder.check_length(target.len())?;
         }
         let n = input.len();
         let (embedded, x) = self.shared.forward(input);

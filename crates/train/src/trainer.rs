@@ -531,82 +531,73 @@ pub fn train_step(
     // tensor operations, and issued from outside the pool each one wakes the workers and
     // puts the caller to sleep (the quickstart: 9.1 M context switches, 6 min 32 s; on a
     // worker 0.5 M, 4 min).
-    rayon::scope(|_| update(model, optimizer, batches, config, lr, step))
-}
-
-fn update(
-    model: &mut dyn Model,
-    optimizer: &mut Optimizer,
-    batches: &[Vec<Example>],
-    config: &TrainConfig,
-    lr: f64,
-    step: u64,
-) -> Result<StepStats> {
-    let device = model.device();
-    let step_targets: usize = batches.iter().flatten().map(|e| e.target_ids.len()).sum();
-    ensure!(step_targets > 0, "a training step without target tokens");
-    let mut acc: Vec<Option<Tensor<2>>> = Vec::new();
-    let (mut nll_sum, mut z_sum) = (0.0f64, 0.0f64);
-    for (k, batch) in batches.iter().enumerate() {
-        device.seed(dropout_seed(config.seed, step, k));
-        let (nll, z) = batch_loss_terms(model, batch, config.z_loss > 0.0)?;
-        let mut loss = nll.clone();
-        if let Some(z) = &z {
-            loss = loss + z.clone().mul_scalar(config.z_loss);
-        }
-        let grads = loss.div_scalar(step_targets as f64).backward();
-        nll_sum += f64::from(nll.inner().into_scalar::<f32>());
-        if let Some(z) = z {
-            z_sum += f64::from(z.inner().into_scalar::<f32>());
-        }
-        let params = model.named_params();
-        if acc.is_empty() {
-            acc = vec![None; params.len()];
-        }
-        for (slot, (_, p)) in acc.iter_mut().zip(&params) {
-            if let Some(g) = grad_matrix(p, &grads) {
-                *slot = Some(match slot.take() {
-                    Some(a) => a + g,
-                    None => g,
-                });
+    rayon::scope(|_| {
+        let device = model.device();
+        let step_targets: usize = batches.iter().flatten().map(|e| e.target_ids.len()).sum();
+        ensure!(step_targets > 0, "a training step without target tokens");
+        let mut acc: Vec<Option<Tensor<2>>> = Vec::new();
+        let (mut nll_sum, mut z_sum) = (0.0f64, 0.0f64);
+        for (k, batch) in batches.iter().enumerate() {
+            device.seed(dropout_seed(config.seed, step, k));
+            let (nll, z) = batch_loss_terms(model, batch, config.z_loss > 0.0)?;
+            let mut loss = nll.clone();
+            if let Some(z) = &z {
+                loss = loss + z.clone().mul_scalar(config.z_loss);
+            }
+            let grads = loss.div_scalar(step_targets as f64).backward();
+            nll_sum += f64::from(nll.inner().into_scalar::<f32>());
+            if let Some(z) = z {
+                z_sum += f64::from(z.inner().into_scalar::<f32>());
+            }
+            let params = model.named_params();
+            if acc.is_empty() {
+                acc = vec![None; params.len()];
+            }
+            for (slot, (_, p)) in acc.iter_mut().zip(&params) {
+                if let Some(g) = grad_matrix(p, &grads) {
+                    *slot = Some(match slot.take() {
+                        Some(a) => a + g,
+                        None => g,
+                    });
+                }
             }
         }
-    }
-    let loss = (nll_sum + config.z_loss * z_sum) / step_targets as f64;
-    let sq_norms: Vec<Tensor<1>> = acc
-        .iter()
-        .flatten()
-        .map(|g| g.clone().square().sum())
-        .collect();
-    let grad_norm = if sq_norms.is_empty() {
-        0.0
-    } else {
-        f64::from(Tensor::cat(sq_norms, 0).sum().into_scalar::<f32>()).sqrt()
-    };
-    ensure!(
-        loss.is_finite() && grad_norm.is_finite(),
-        "training diverged: loss {loss}, gradient norm {grad_norm}; stopped without applying the update. Try a lower --lr or gradient clipping (--max-grad-norm)"
-    );
-    let scale = config
-        .max_grad_norm
-        .map_or(1.0, |m| clip_factor(grad_norm, m));
-    optimizer.begin_step();
-    let params = model.named_params_mut();
-    let mut updates = Vec::with_capacity(params.len());
-    for ((name, p), g) in params.into_iter().zip(acc) {
-        let Some(g) = g else { continue };
-        let g = if scale < 1.0 { g.mul_scalar(scale) } else { g };
-        let (value, factored) = as_matrix(&param_ref(&p));
-        let new = optimizer.update(&name, value, g, factored, lr)?;
-        updates.push((p, new));
-    }
-    for (p, new) in updates {
-        set_param(p, new);
-    }
-    Ok(StepStats {
-        loss,
-        z_loss: (config.z_loss > 0.0).then(|| z_sum / step_targets as f64),
-        grad_norm,
+        let loss = (nll_sum + config.z_loss * z_sum) / step_targets as f64;
+        let sq_norms: Vec<Tensor<1>> = acc
+            .iter()
+            .flatten()
+            .map(|g| g.clone().square().sum())
+            .collect();
+        let grad_norm = if sq_norms.is_empty() {
+            0.0
+        } else {
+            f64::from(Tensor::cat(sq_norms, 0).sum().into_scalar::<f32>()).sqrt()
+        };
+        ensure!(
+            loss.is_finite() && grad_norm.is_finite(),
+            "training diverged: loss {loss}, gradient norm {grad_norm}; stopped without applying the update. Try a lower --lr or gradient clipping (--max-grad-norm)"
+        );
+        let scale = config
+            .max_grad_norm
+            .map_or(1.0, |m| clip_factor(grad_norm, m));
+        optimizer.begin_step();
+        let params = model.named_params_mut();
+        let mut updates = Vec::with_capacity(params.len());
+        for ((name, p), g) in params.into_iter().zip(acc) {
+            let Some(g) = g else { continue };
+            let g = if scale < 1.0 { g.mul_scalar(scale) } else { g };
+            let (value, factored) = as_matrix(&param_ref(&p));
+            let new = optimizer.update(&name, value, g, factored, lr)?;
+            updates.push((p, new));
+        }
+        for (p, new) in updates {
+            set_param(p, new);
+        }
+        Ok(StepStats {
+            loss,
+            z_loss: (config.z_loss > 0.0).then(|| z_sum / step_targets as f64),
+            grad_norm,
+        })
     })
 }
 
