@@ -93,14 +93,6 @@ impl KeyValue {
             values: self.values.clone().select(0, rows.clone()),
         }
     }
-
-    pub fn len(&self) -> usize {
-        self.keys.dims()[2]
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// Additive `[1, 1, queries, keys]` mask for queries at `first_query..`: a key is visible

@@ -100,12 +100,6 @@ pub struct NormState {
     pub output: Vec<f32>,
 }
 
-impl NormState {
-    pub fn rows(&self) -> usize {
-        self.inv_std.len()
-    }
-}
-
 impl CpuNorm {
     pub fn forward(&self, x: &[f32]) -> NormState {
         let d = self.weight.cols;
