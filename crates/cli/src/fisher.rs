@@ -118,12 +118,8 @@ struct ComputeArgs {
 impl SourceArgs {
     fn outputs(&self) -> anyhow::Result<OutputsSpec> {
         Ok(match self.outputs {
-            OutputsKind::Labels => {
-                if self.labels.is_empty() {
-                    bail!("--outputs labels needs --labels a,b,...");
-                }
-                OutputsSpec::Labels(self.labels.clone())
-            }
+            // Without --labels: the classes of the model's classification head.
+            OutputsKind::Labels => OutputsSpec::Labels(self.labels.clone()),
             OutputsKind::Tokens => {
                 if !self.labels.is_empty() {
                     bail!("--labels is only used with --outputs labels");

@@ -25,6 +25,7 @@ fn keep_freed_memory() {
 
 mod bench;
 mod c4;
+mod encoder;
 mod experiment;
 mod fisher;
 mod merge;
@@ -52,6 +53,10 @@ enum Command {
     Score(t5::ScoreArgs),
     /// Greedy or beam-search decoding.
     Generate(t5::GenerateArgs),
+    /// Sequence classification with an encoder's head (BERT, RoBERTa).
+    Classify(encoder::ClassifyArgs),
+    /// Sentence embeddings (sentence-transformers pooling) from an encoder.
+    Embed(encoder::EmbedArgs),
     /// Train a text-to-text model.
     Train(train::TrainArgs),
     /// Generate on a data set and report task metrics.
@@ -94,6 +99,8 @@ fn main() {
         Command::Init(a) => t5::init(a),
         Command::Score(a) => t5::score(a),
         Command::Generate(a) => t5::generate(a),
+        Command::Classify(a) => encoder::classify(a),
+        Command::Embed(a) => encoder::embed(a),
         Command::Train(a) => train::train(a),
         Command::Eval(a) => train::eval(a),
         Command::Tokenizer(a) => train::tokenizer(a),

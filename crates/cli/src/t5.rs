@@ -19,9 +19,16 @@ use serde_json::json;
 #[derive(Args, Debug)]
 pub struct InitArgs {
     /// Architecture preset: tiny, t5-small, t5-base, t5-large, t5-v1_1-small, t5-v1_1-base,
-    /// flan-t5-small, ... (see README).
+    /// flan-t5-small, ...; bert-tiny, bert-base, roberta-base, minilm-l6 (see README).
+    #[arg(long, required_unless_present = "from", conflicts_with = "from")]
+    preset: Option<String>,
+    /// A pre-trained BERT/RoBERTa directory to put a new classification head on (with
+    /// --num-labels).
+    #[arg(long, requires = "num_labels")]
+    from: Option<PathBuf>,
+    /// Classes of a new classification head (with --from, or an encoder preset).
     #[arg(long)]
-    preset: String,
+    num_labels: Option<usize>,
     /// Vocabulary size (default: the tokenizer's size when --tokenizer is given, else the
     /// preset's).
     #[arg(long)]
@@ -62,6 +69,37 @@ fn parse_setting(text: &str) -> Result<(String, String), String> {
 }
 
 pub fn init(args: InitArgs) -> Result<()> {
+    let device = device_by_name("cpu")?;
+    if let Some(from) = &args.from {
+        let num_labels = args.num_labels.expect("clap requires it");
+        let model = fisherkit_bert::checkpoint::with_new_head(from, num_labels, args.seed, &device)
+            .with_context(|| format!("a new head on {}", from.display()))?;
+        let tokenizer = from.join(fisherkit_model::tokenizer::TOKENIZER_FILE);
+        let tokenizer = args
+            .tokenizer
+            .clone()
+            .or(tokenizer.exists().then_some(tokenizer));
+        let dir =
+            fisherkit_bert::checkpoint::save(&model, &args.out, tokenizer.as_deref(), args.force)?;
+        eprintln!(
+            "initialised a {num_labels}-class head on {} ({} parameters) in {}",
+            from.display(),
+            model.num_params(),
+            dir.display()
+        );
+        return Ok(());
+    }
+    let preset = args
+        .preset
+        .as_deref()
+        .expect("clap requires --preset without --from");
+    if !fisherkit_t5::config::PRESETS.contains(&preset) {
+        return init_other(&args, preset, &device);
+    }
+    ensure!(
+        args.num_labels.is_none(),
+        "--num-labels is for encoders (BERT, RoBERTa); T5 outputs text"
+    );
     let mut settings = Vec::new();
     for (key, value) in [
         ("num_layers", args.layers),
@@ -74,7 +112,7 @@ pub fn init(args: InitArgs) -> Result<()> {
         }
     }
     settings.extend(args.settings.iter().cloned());
-    let mut config = T5Config::preset(&args.preset)?.with_settings(&settings)?;
+    let mut config = T5Config::preset(preset)?.with_settings(&settings)?;
     if let Some(path) = &args.tokenizer {
         let tokenizer = TextTokenizer::load(path, config.eos_token_id)?;
         let size = tokenizer.vocab_size();
@@ -89,11 +127,49 @@ pub fn init(args: InitArgs) -> Result<()> {
         config.vocab_size = size;
     }
     let untied = !config.tie_word_embeddings;
-    let model = checkpoint::init(&config, untied, args.seed, &device_by_name("cpu")?)?;
+    let model = checkpoint::init(&config, untied, args.seed, &device)?;
     let dir = checkpoint::save(&model, &args.out, args.tokenizer.as_deref(), args.force)?;
     eprintln!(
-        "initialised {} ({} parameters) in {}",
-        args.preset,
+        "initialised {preset} ({} parameters) in {}",
+        model.num_params(),
+        dir.display()
+    );
+    Ok(())
+}
+
+/// A preset of another architecture of the registry: its `config.json` with `--set`
+/// keys (values parsed as JSON, else taken as strings) and `--num-labels`.
+fn init_other(
+    args: &InitArgs,
+    preset: &str,
+    device: &fisherkit_model::burn::tensor::Device,
+) -> Result<()> {
+    ensure!(
+        args.layers.is_none() && args.d_ff.is_none() && args.heads.is_none(),
+        "--layers, --d-ff and --heads shape T5 presets; set {preset}'s keys with --set (e.g. --set num_hidden_layers=4)"
+    );
+    let mut config = fisherkit_models::preset(preset)?;
+    let object = config
+        .as_object_mut()
+        .context("a preset is a JSON object")?;
+    for (key, value) in &args.settings {
+        let value = serde_json::from_str(value).unwrap_or_else(|_| json!(value));
+        object.insert(key.clone(), value);
+    }
+    if let Some(n) = args.num_labels {
+        ensure!(n >= 2, "--num-labels must be at least 2, got {n}");
+        object.insert("num_labels".into(), json!(n));
+    }
+    if let Some(path) = &args.tokenizer {
+        let size = TextTokenizer::load(path, 0)?.vocab_size();
+        object.insert("vocab_size".into(), json!(args.vocab_size.unwrap_or(size)));
+    } else if let Some(size) = args.vocab_size {
+        object.insert("vocab_size".into(), json!(size));
+    }
+    let model = fisherkit_models::init(&config, args.seed, device)?;
+    let dir = model.save_checkpoint(&args.out, args.tokenizer.as_deref(), args.force)?;
+    eprintln!(
+        "initialised {preset} ({} parameters) in {}",
         model.num_params(),
         dir.display()
     );
@@ -102,20 +178,20 @@ pub fn init(args: InitArgs) -> Result<()> {
 
 /// Options every command that reads a model shares.
 #[derive(Args, Debug)]
-struct ModelArgs {
+pub(crate) struct ModelArgs {
     /// Model directory (config.json, model.safetensors or sharded index, tokenizer.json).
     #[arg(long)]
-    model: PathBuf,
+    pub model: PathBuf,
     /// Compute device: cpu, or cuda / wgpu in builds with those features.
     #[arg(long, default_value = "cpu")]
     device: String,
     /// Examples per forward pass.
     #[arg(long, default_value_t = 16)]
-    batch_size: usize,
+    pub batch_size: usize,
 }
 
 impl ModelArgs {
-    fn load(&self) -> Result<(Box<dyn Model>, Option<TextTokenizer>)> {
+    pub fn load(&self) -> Result<(Box<dyn Model>, Option<TextTokenizer>)> {
         ensure!(self.batch_size >= 1, "--batch-size must be at least 1");
         let model = fisherkit_models::load(&self.model, &device_by_name(&self.device)?)?;
         let tokenizer = model.tokenizer_in(&self.model)?;
@@ -134,7 +210,7 @@ pub struct ScoreArgs {
 
 /// Run `work` over `examples` in batches with a progress bar, printing one JSON line per
 /// example in input order.
-fn for_batches(
+pub(crate) fn for_batches(
     examples: &[Example],
     batch_size: usize,
     unit: &str,
@@ -215,10 +291,7 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
                     args.model.model.display()
                 )
             })?;
-            vec![Example {
-                input_ids: tokenizer.encode(text)?,
-                target_ids: Vec::new(),
-            }]
+            vec![Example::new(tokenizer.encode(text)?, Vec::new())]
         }
         (None, None) => unreachable!("clap requires --data or --text"),
     };
@@ -301,10 +374,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         .collect();
     let batch: Vec<Example> = inputs
         .iter()
-        .map(|input| Example {
-            input_ids: input.clone(),
-            target_ids: input[..shape.target_len].to_vec(),
-        })
+        .map(|input| Example::new(input.clone(), input[..shape.target_len].to_vec()))
         .collect();
     let forward_s = best_time(args.repeats, || {
         fisherkit_t5::score(&model, &batch).map(|_| ())

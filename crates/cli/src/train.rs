@@ -417,6 +417,29 @@ enum TasksCommand {
         #[arg(long)]
         out: PathBuf,
     },
+    /// A text classification corpus stored one folder per class (DIR/<class>/*.txt, e.g.
+    /// BBC News from scripts/fetch-real.sh) as a fixed, seeded, stratified split:
+    /// OUT/{train,valid,test}.jsonl of {"text", "label", "file"}.
+    Folders {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// Share of each class held out for validation.
+        #[arg(long, default_value_t = 0.1)]
+        valid: f64,
+        /// Share of each class held out for testing.
+        #[arg(long, default_value_t = 0.2)]
+        test: f64,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Keep each text's first N characters (whitespace normalised first).
+        #[arg(long)]
+        max_chars: Option<usize>,
+        /// Replace an existing output directory.
+        #[arg(long)]
+        force: bool,
+    },
     /// List the synthetic tasks and their mechanisms.
     List,
 }
@@ -454,6 +477,41 @@ pub fn tasks(args: TasksArgs) -> anyhow::Result<()> {
                 );
             }
             eprintln!("wrote {} tasks to {}", manifest.tasks.len(), out.display());
+            Ok(())
+        }
+        TasksCommand::Folders {
+            dir,
+            out,
+            valid,
+            test,
+            seed,
+            max_chars,
+            force,
+        } => {
+            use fisherkit_tasks::folders;
+            let documents = folders::read_corpus(&dir, max_chars)?;
+            let splits = folders::split(&documents, folders::Fractions { valid, test }, seed)?;
+            let staged = fisherkit_common::atomic::StagedDir::new(&out, force)?;
+            for (name, part) in ["train", "valid", "test"].iter().zip(&splits) {
+                fisherkit_common::atomic::write_file(
+                    &staged.path().join(format!("{name}.jsonl")),
+                    |w| {
+                        use std::io::Write;
+                        for document in part {
+                            writeln!(w, "{}", serde_json::to_string(document)?)?;
+                        }
+                        Ok(())
+                    },
+                )?;
+            }
+            staged.commit()?;
+            eprintln!(
+                "wrote {} train, {} valid, {} test documents to {}",
+                splits[0].len(),
+                splits[1].len(),
+                splits[2].len(),
+                out.display()
+            );
             Ok(())
         }
         TasksCommand::Format { task, input, out } => {
@@ -556,6 +614,10 @@ pub struct BenchArgs {
     /// Time Adafactor instead of AdamW.
     #[arg(long)]
     adafactor: bool,
+    /// Put a classification head of this many classes on an encoder preset (bert-tiny,
+    /// minilm-l6, ...): its step's target is one class per example.
+    #[arg(long)]
+    num_labels: Option<usize>,
 }
 
 pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
@@ -567,6 +629,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         warmup: args.warmup,
         steps: args.steps,
         adafactor: args.adafactor,
+        num_labels: args.num_labels,
     };
     let report = train_bench::run(&opts, &Device::flex())?;
     println!("{}", serde_json::to_string_pretty(&report)?);

@@ -223,16 +223,25 @@ fn bad_input_is_named() {
     let err = fails(&[
         "score",
         "--model",
+        s(&testdata("fixtures/llama-tiny")),
+        "--data",
+        &write("ok-llama.jsonl", good),
+    ]);
+    assert!(
+        err.contains("config.json")
+            && err.contains("\"llama\"")
+            && err.contains("known model types: t5, bert, roberta"),
+        "{err}"
+    );
+    // Text-to-text scoring on a classifier: its one output position is named.
+    let err = fails(&[
+        "score",
+        "--model",
         s(&testdata("fixtures/bert-tiny")),
         "--data",
         &write("ok-bert.jsonl", good),
     ]);
-    assert!(
-        err.contains("config.json")
-            && err.contains("\"bert\"")
-            && err.contains("known model types: t5"),
-        "{err}"
-    );
+    assert!(err.contains("one class"), "{err}");
     let err = fails(&[
         "init",
         "--preset",

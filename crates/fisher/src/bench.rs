@@ -56,10 +56,10 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
     let vocab = model.output_size();
     let items: Vec<Item> = (0..opts.examples)
         .map(|i| Item {
-            example: Example {
-                input_ids: tokens(opts.input_len, vocab, i),
-                target_ids: tokens(opts.target_len, vocab, i + 1000),
-            },
+            example: Example::new(
+                tokens(opts.input_len, vocab, i),
+                tokens(opts.target_len, vocab, i + 1000),
+            ),
             label: Some(i % 2),
         })
         .collect();

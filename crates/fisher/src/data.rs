@@ -1,10 +1,12 @@
 //! Data for Fisher computation: JSONL rows of text (`input`/`target`, tokenised with the
-//! model directory's `tokenizer.json`) or of token ids (`input_ids`/`target_ids`).
+//! model directory's `tokenizer.json`) or of token ids (`input_ids`/`target_ids`); for
+//! classifiers, the encoder inputs `fisherkit classify` reads.
 
 use crate::model::{Item, Outputs};
 use anyhow::{bail, ensure, Context, Result};
 use fisherkit_common::jsonl;
-use fisherkit_model::Example;
+use fisherkit_model::data::read_classification;
+use fisherkit_model::{Example, TextTokenizer};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
@@ -131,10 +133,7 @@ pub fn load(
         };
         target_texts.push(row.target.clone().unwrap_or_default());
         items.push(Item {
-            example: Example {
-                input_ids,
-                target_ids,
-            },
+            example: Example::new(input_ids, target_ids),
             label,
         });
     }
@@ -154,6 +153,46 @@ pub fn load(
         target_texts,
         hash,
     })
+}
+
+/// Read at most `limit` encoder inputs of `path` for a classifier with `classes` (lines
+/// as `fisherkit classify` takes them; a `"label"`, when present, names the observed
+/// class): the outputs are the classes, each the one-token target of its index.
+pub fn load_classification(
+    path: &Path,
+    tokenizer: Option<&TextTokenizer>,
+    classes: &[String],
+    limit: Option<usize>,
+) -> Result<(Outputs, Dataset)> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut examples = read_classification(path, tokenizer, Some(classes), false)?;
+    examples.truncate(limit.unwrap_or(usize::MAX));
+    ensure!(!examples.is_empty(), "{}: no examples", path.display());
+    let targets: Vec<Vec<u32>> = (0..classes.len() as u32).map(|c| vec![c]).collect();
+    let items = examples
+        .into_iter()
+        .map(|mut example| {
+            let label = example.target_ids.first().map(|&c| c as usize);
+            // Every class is scored from the same first output position.
+            example.target_ids = vec![0];
+            Item { example, label }
+        })
+        .collect::<Vec<_>>();
+    let target_texts = items
+        .iter()
+        .map(|i| i.label.map(|c| classes[c].clone()).unwrap_or_default())
+        .collect();
+    Ok((
+        Outputs::Labels {
+            names: classes.to_vec(),
+            targets,
+        },
+        Dataset {
+            items,
+            target_texts,
+            hash: fnv1a64(&bytes),
+        },
+    ))
 }
 
 /// FNV-1a (64-bit) of `bytes`, as `fnv1a64:<hex>`.

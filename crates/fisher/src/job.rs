@@ -47,6 +47,8 @@ pub fn with_model_source<R>(
     let source = ModelSource {
         model: &model,
         encoder: encode.as_ref().map(|f| f as data::Encoder<'_>),
+        tokenizer: tokenizer.as_ref(),
+        classes: model.class_labels().to_vec(),
         dir: model_dir,
     };
     work(&source)
@@ -55,6 +57,7 @@ pub fn with_model_source<R>(
 /// Which outputs the Fisher is taken over, as given on the command line.
 #[derive(Debug, Clone)]
 pub enum OutputsSpec {
+    /// Label strings; none: the classes of the model's classification head.
     Labels(Vec<String>),
     Tokens,
 }
@@ -64,6 +67,9 @@ pub enum OutputsSpec {
 pub struct ModelSource<'a, M> {
     pub model: &'a M,
     pub encoder: Option<data::Encoder<'a>>,
+    pub tokenizer: Option<&'a TextTokenizer>,
+    /// The classes of the model's classification head (empty for token outputs).
+    pub classes: Vec<String>,
     pub dir: &'a Path,
 }
 
@@ -75,8 +81,25 @@ pub fn load_data<M: LogProbModel>(
     limit: Option<usize>,
 ) -> Result<(Outputs, Dataset)> {
     let outputs = match spec {
+        OutputsSpec::Labels(names) if !source.classes.is_empty() => {
+            ensure!(
+                names.is_empty() || *names == source.classes,
+                "the model's classification head has the classes {}; --labels must be omitted or name exactly them",
+                source.classes.join(",")
+            );
+            return data::load_classification(data_path, source.tokenizer, &source.classes, limit);
+        }
+        OutputsSpec::Labels(names) if names.is_empty() => {
+            bail!("--outputs labels needs --labels a,b,... (the model has no classification head)")
+        }
         OutputsSpec::Labels(names) => data::label_outputs(names, source.encoder)?,
-        OutputsSpec::Tokens => Outputs::Tokens,
+        OutputsSpec::Tokens => {
+            ensure!(
+                source.classes.is_empty(),
+                "the model is a classifier: its outputs are its classes (--outputs labels)"
+            );
+            Outputs::Tokens
+        }
     };
     let data = data::load(
         data_path,

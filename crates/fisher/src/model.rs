@@ -2,7 +2,7 @@
 
 use crate::{GradientModel, ParamSpec, Pick};
 use anyhow::{ensure, Context, Result};
-use fisherkit_model::burn::tensor::{Tensor, TensorData};
+use fisherkit_model::burn::tensor::{Int, Tensor, TensorData};
 use fisherkit_model::{
     EachGradient, Example, ExampleBackprop, LogProbModel, ParamAccess, WeightedClasses,
 };
@@ -144,19 +144,42 @@ pub fn label_log_probs<M: LogProbModel + ?Sized>(
     examples: &[Example],
     targets: &[Vec<u32>],
 ) -> Result<Tensor<2>> {
-    let batch: Vec<Example> = examples
-        .iter()
-        .flat_map(|e| {
-            targets.iter().map(|t| Example {
-                input_ids: e.input_ids.clone(),
-                target_ids: t.clone(),
+    let scores = if targets.iter().all(|t| t.len() == 1) {
+        // One-token labels (a classifier's classes, or one-token label strings): one
+        // forward pass per example, its first output row's label columns.
+        let batch: Vec<Example> = examples
+            .iter()
+            .map(|e| Example {
+                target_ids: targets[0].clone(),
+                ..e.clone()
             })
-        })
-        .collect();
-    let scores: Tensor<2> = model
-        .target_logprobs(&batch)?
-        .sum_dim(1)
-        .reshape([examples.len(), targets.len()]);
+            .collect();
+        let log_probs = model.log_softmax(&batch)?;
+        let [rows, _, outputs] = log_probs.dims();
+        let columns: Vec<i64> = targets.iter().map(|t| t[0] as i64).collect();
+        let columns = Tensor::<1, Int>::from_data(
+            TensorData::new(columns, [targets.len()]),
+            &log_probs.device(),
+        );
+        log_probs
+            .narrow(1, 0, 1)
+            .reshape([rows, outputs])
+            .select(1, columns)
+    } else {
+        let batch: Vec<Example> = examples
+            .iter()
+            .flat_map(|e| {
+                targets.iter().map(|t| Example {
+                    target_ids: t.clone(),
+                    ..e.clone()
+                })
+            })
+            .collect();
+        model
+            .target_logprobs(&batch)?
+            .sum_dim(1)
+            .reshape([examples.len(), targets.len()])
+    };
     // log-sum-exp with the (constant) row maximum taken out for stability.
     let max = scores.clone().max_dim(1).detach();
     let lse = (scores.clone() - max.clone()).exp().sum_dim(1).log() + max;
@@ -308,7 +331,7 @@ impl<M: LogProbModel> GradientModel for ModelGradients<'_, M> {
             Outputs::Labels { targets, .. } => targets.as_slice(),
         };
         backprop.gradients(
-            &item.example.input_ids,
+            &item.example,
             targets,
             &mut |rows| {
                 picks

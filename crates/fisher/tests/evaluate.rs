@@ -33,10 +33,7 @@ fn merged_head_stored_as_decoder_lm_head_is_found() {
         .collect();
     assert!(!merged.contains_key("lm_head.weight"));
     let items = vec![Item {
-        example: Example {
-            input_ids: vec![5, 6, 1],
-            target_ids: vec![7, 1],
-        },
+        example: Example::new(vec![5, 6, 1], vec![7, 1]),
         label: None,
     }];
     let mut evaluator =

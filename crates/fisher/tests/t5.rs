@@ -23,10 +23,7 @@ fn labels() -> Vec<Vec<u32>> {
 
 fn example(input: &[u32], label: usize) -> Item {
     Item {
-        example: Example {
-            input_ids: input.to_vec(),
-            target_ids: labels()[label].clone(),
-        },
+        example: Example::new(input.to_vec(), labels()[label].clone()),
         label: Some(label),
     }
 }
@@ -53,10 +50,7 @@ fn label_probabilities_are_the_normalised_sequence_likelihoods() {
     // Independently: the T5 scorer's summed token log-probabilities, normalised.
     let batch: Vec<Example> = labels()
         .into_iter()
-        .map(|t| Example {
-            input_ids: item.example.input_ids.clone(),
-            target_ids: t,
-        })
+        .map(|t| Example::new(item.example.input_ids.clone(), t))
         .collect();
     let sums: Vec<f64> = fisherkit_model::score(&model, &batch)
         .unwrap()

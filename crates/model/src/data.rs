@@ -1,5 +1,8 @@
-//! JSONL inputs of `score` and `generate`: `{"input": "...", "target": "..."}` (needs a
-//! tokenizer) or `{"input_ids": [...], "target_ids": [...]}`. Errors name the line.
+//! JSONL inputs. `score` and `generate`: `{"input": "...", "target": "..."}` (needs a
+//! tokenizer) or `{"input_ids": [...], "target_ids": [...]}`. Encoders (`classify`,
+//! `embed`, classifier training and Fishers): `{"text": ...}`, `{"text": ...,
+//! "text_pair": ...}` or `{"input_ids": [...], "token_type_ids": [...]}`, with an optional
+//! `"label"`. Errors name the line.
 
 use std::path::Path;
 
@@ -44,10 +47,110 @@ fn parse_line(
         }
         None => Vec::new(),
     };
+    Ok(Example::new(input_ids, target_ids))
+}
+
+/// Read encoder inputs. With `labels` (the model's classes), each line's `"label"` (a
+/// class name or a class index) becomes the one-token target, and `require_label` makes
+/// it mandatory; without, labels are ignored (embeddings).
+pub fn read_classification(
+    path: &Path,
+    tokenizer: Option<&TextTokenizer>,
+    labels: Option<&[String]>,
+    require_label: bool,
+) -> Result<Vec<Example>> {
+    let lines = jsonl::read_all::<Value>(path)?;
+    lines
+        .into_iter()
+        .map(|line| {
+            let at = format!("{}:{}", path.display(), line.line_no);
+            parse_classification(&line.value, tokenizer, labels, require_label).with_context(|| at)
+        })
+        .collect()
+}
+
+fn parse_classification(
+    value: &Value,
+    tokenizer: Option<&TextTokenizer>,
+    labels: Option<&[String]>,
+    require_label: bool,
+) -> Result<Example> {
+    let object = value.as_object().context("expected a JSON object")?;
+    let (input_ids, token_type_ids) = if let Some(ids) = object.get("input_ids") {
+        let types = match object.get("token_type_ids") {
+            Some(types) => id_list(types, "token_type_ids")?,
+            None => Vec::new(),
+        };
+        (id_list(ids, "input_ids")?, types)
+    } else if let Some(text) = object.get("text") {
+        let text = text.as_str().context("\"text\" must be a string")?;
+        let pair = match object.get("text_pair") {
+            Some(pair) => Some(pair.as_str().context("\"text_pair\" must be a string")?),
+            None => None,
+        };
+        let tokenizer = tokenizer.context(
+            "\"text\" needs the model's tokenizer.json, which its directory lacks; give \"input_ids\"",
+        )?;
+        tokenizer.encode_segments(text, pair)?
+    } else {
+        bail!("missing \"text\" (with an optional \"text_pair\") or \"input_ids\"");
+    };
+    if input_ids.is_empty() {
+        bail!("the input is empty");
+    }
+    let target_ids = match (labels, object.get("label")) {
+        (Some(labels), Some(label)) => vec![class_index(label, labels)?],
+        (Some(_), None) if require_label => bail!("missing \"label\""),
+        _ => Vec::new(),
+    };
     Ok(Example {
         input_ids,
         target_ids,
+        token_type_ids,
     })
+}
+
+/// A label as its class index: a name from `labels` or an index below their count.
+fn class_index(label: &Value, labels: &[String]) -> Result<u32> {
+    let known = || labels.join(", ");
+    match label {
+        Value::String(name) => labels
+            .iter()
+            .position(|l| l == name)
+            .map(|i| i as u32)
+            .with_context(|| {
+                format!(
+                    "label {name:?} is not one of the model's labels: {}",
+                    known()
+                )
+            }),
+        Value::Number(n) => n
+            .as_u64()
+            .filter(|&i| (i as usize) < labels.len())
+            .map(|i| i as u32)
+            .with_context(|| {
+                format!(
+                    "label {n} is not a class index below {} ({})",
+                    labels.len(),
+                    known()
+                )
+            }),
+        other => bail!("\"label\" is {other}, not a label name or a class index"),
+    }
+}
+
+fn id_list(value: &Value, key: &str) -> Result<Vec<u32>> {
+    value
+        .as_array()
+        .with_context(|| format!("\"{key}\" must be a list of token ids"))?
+        .iter()
+        .map(|v| {
+            v.as_u64()
+                .filter(|&id| id <= u32::MAX as u64)
+                .map(|id| id as u32)
+                .with_context(|| format!("\"{key}\" holds {v}, not a token id"))
+        })
+        .collect()
 }
 
 /// `<name>` as text (tokenized) or `<name>_ids` as ids; `None` when neither is present.
@@ -59,17 +162,7 @@ fn field_ids(
 ) -> Result<Option<Vec<u32>>> {
     let ids_key = format!("{name}_ids");
     let ids = if let Some(ids) = object.get(&ids_key) {
-        let list = ids
-            .as_array()
-            .with_context(|| format!("\"{ids_key}\" must be a list of token ids"))?;
-        list.iter()
-            .map(|v| {
-                v.as_u64()
-                    .filter(|&id| id <= u32::MAX as u64)
-                    .map(|id| id as u32)
-                    .with_context(|| format!("\"{ids_key}\" holds {v}, not a token id"))
-            })
-            .collect::<Result<Vec<u32>>>()?
+        id_list(ids, &ids_key)?
     } else if let Some(text) = object.get(name) {
         let text = text
             .as_str()

@@ -23,6 +23,7 @@
 //! from [`LogProbModel::target_logprobs`] and read gradients with
 //! [`ParamAccess::gradients`].
 
+pub mod checkpoint;
 pub mod data;
 mod generate;
 mod linear;
@@ -45,6 +46,19 @@ pub use tokenizer::TextTokenizer;
 pub struct Example {
     pub input_ids: Vec<u32>,
     pub target_ids: Vec<u32>,
+    /// Segment of each input token (BERT's sentence A = 0 / B = 1); empty = all 0.
+    /// Architectures without token types refuse a non-zero one.
+    pub token_type_ids: Vec<u32>,
+}
+
+impl Example {
+    pub fn new(input_ids: Vec<u32>, target_ids: Vec<u32>) -> Self {
+        Self {
+            input_ids,
+            target_ids,
+            token_type_ids: Vec::new(),
+        }
+    }
 }
 
 /// A borrowed parameter tensor of rank 1 (norm weights) or 2 (projections, embeddings).
@@ -83,6 +97,15 @@ impl<'a, const D: usize> From<&'a mut Param<Tensor<D>>> for ParamMut<'a> {
             ParamMut::Matrix(any.downcast_mut().expect("checked"))
         } else {
             panic!("parameters of rank {D} are not supported (only 1 and 2)")
+        }
+    }
+}
+
+impl ParamMut<'_> {
+    pub fn shape(&self) -> Vec<usize> {
+        match self {
+            ParamMut::Vector(p) => p.val().dims().to_vec(),
+            ParamMut::Matrix(p) => p.val().dims().to_vec(),
         }
     }
 }
@@ -256,7 +279,8 @@ pub type EachGradient<'a> = dyn FnMut(usize, Vec<f32>) -> Result<()> + 'a;
 /// A hand-written backward pass for ONE example, used instead of the autodiff graph where
 /// it is faster (per-example gradients build, walk and free a whole graph per example).
 pub trait ExampleBackprop: Send + Sync {
-    /// Runs `input` teacher-forced against each of `targets` once and hands each target's
+    /// Runs `example`'s input (its ids and token types; its own targets are ignored)
+    /// teacher-forced against each of `targets` once and hands each target's
     /// log-softmax rows (`[target_len * output_size]`, row-major) to `objectives`, which
     /// returns the objectives to differentiate: each is, per target, the
     /// `(position, class, weight)` terms of `Σ weight · log p_position(class)`. Every
@@ -265,7 +289,7 @@ pub trait ExampleBackprop: Send + Sync {
     /// pass is shared by all of them.
     fn gradients(
         &self,
-        input: &[u32],
+        example: &Example,
         targets: &[Vec<u32>],
         objectives: &mut ChooseObjectives<'_>,
         each: &mut EachGradient<'_>,
@@ -348,6 +372,18 @@ pub trait Model: LogProbModel + std::fmt::Debug + Send {
     fn tokenizer_in(&self, dir: &Path) -> Result<Option<TextTokenizer>> {
         TextTokenizer::from_dir(dir, self.special_tokens().eos)
     }
+
+    /// Class names of a classification head, by class index (the output distribution of
+    /// [`LogProbModel::log_softmax`] at its one target position); empty for models
+    /// whose outputs are tokens.
+    fn class_labels(&self) -> &[String] {
+        &[]
+    }
+
+    /// The encoder's last hidden states over a padded batch of inputs `[batch, len, d]`
+    /// and the token mask `[batch, len]` (1 for tokens, 0 for padding): what sentence
+    /// embeddings pool.
+    fn encoder_states(&self, batch: &[Example]) -> Result<(Tensor<3>, Tensor<2>)>;
 }
 
 /// A boxed model is a model: generic code over `M: LogProbModel` (Fisher computation,
@@ -424,7 +460,8 @@ pub fn gather_targets(log_probs: Tensor<3>, batch: &[Example]) -> Result<Tensor<
     for example in batch {
         ensure!(
             example.target_ids.len() <= len,
-            "target longer than the log-softmax"
+            "a target of {} tokens, but the model scores {len} output position(s) (a classifier's target is one class)",
+            example.target_ids.len()
         );
         for t in 0..len {
             let id = example.target_ids.get(t).copied();

@@ -1,4 +1,6 @@
-//! `tokenizer.json` (SentencePiece Unigram as exported by HF) via the `tokenizers` crate.
+//! `tokenizer.json` via the `tokenizers` crate: SentencePiece Unigram (T5), WordPiece
+//! (BERT) or byte-level BPE (RoBERTa), with the file's own post-processor adding special
+//! tokens.
 
 use std::path::Path;
 
@@ -10,7 +12,8 @@ pub const TOKENIZER_FILE: &str = "tokenizer.json";
 /// A checkpoint's tokenizer.
 pub struct TextTokenizer {
     inner: tokenizers::Tokenizer,
-    eos_token_id: u32,
+    /// Appended when the post-processor does not end a sequence with it (T5).
+    eos_token_id: Option<u32>,
 }
 
 impl TextTokenizer {
@@ -19,7 +22,27 @@ impl TextTokenizer {
             .map_err(|e| anyhow!("{}: cannot load tokenizer: {e}", path.display()))?;
         Ok(Self {
             inner,
-            eos_token_id,
+            eos_token_id: Some(eos_token_id),
+        })
+    }
+
+    /// An encoder's tokenizer (BERT, RoBERTa): the post-processor's special tokens only,
+    /// no padding, inputs truncated to `max_len` tokens (longest first for pairs) —
+    /// `max_len` overrides the file's own truncation, as sentence-transformers'
+    /// `max_seq_length` does.
+    pub fn load_encoder(path: &Path, max_len: usize) -> Result<Self> {
+        let mut inner = tokenizers::Tokenizer::from_file(path)
+            .map_err(|e| anyhow!("{}: cannot load tokenizer: {e}", path.display()))?;
+        inner.with_padding(None);
+        inner
+            .with_truncation(Some(tokenizers::TruncationParams {
+                max_length: max_len,
+                ..Default::default()
+            }))
+            .map_err(|e| anyhow!("{}: truncation to {max_len}: {e}", path.display()))?;
+        Ok(Self {
+            inner,
+            eos_token_id: None,
         })
     }
 
@@ -43,10 +66,29 @@ impl TextTokenizer {
             .encode(text, true)
             .map_err(|e| anyhow!("tokenizing {text:?}: {e}"))?;
         let mut ids = encoding.get_ids().to_vec();
-        if ids.last() != Some(&self.eos_token_id) {
-            ids.push(self.eos_token_id);
+        if let Some(eos) = self.eos_token_id {
+            if ids.last() != Some(&eos) {
+                ids.push(eos);
+            }
         }
         Ok(ids)
+    }
+
+    /// Ids and token types (segment 0 for `text`, 1 for `pair`) of one input or a
+    /// sentence pair, special tokens placed by the post-processor.
+    pub fn encode_segments(&self, text: &str, pair: Option<&str>) -> Result<(Vec<u32>, Vec<u32>)> {
+        let input = match pair {
+            Some(pair) => tokenizers::EncodeInput::Dual(text.into(), pair.into()),
+            None => tokenizers::EncodeInput::Single(text.into()),
+        };
+        let encoding = self
+            .inner
+            .encode(input, true)
+            .map_err(|e| anyhow!("tokenizing {text:?}: {e}"))?;
+        Ok((
+            encoding.get_ids().to_vec(),
+            encoding.get_type_ids().to_vec(),
+        ))
     }
 
     /// Text of `ids` without special tokens.

@@ -7,6 +7,7 @@
 //! architecture is its module (a crate implementing [`Model`]) plus one [`Architecture`]
 //! entry in [`ARCHITECTURES`].
 
+mod bert;
 mod t5;
 
 use std::path::Path;
@@ -39,7 +40,7 @@ pub struct Architecture {
 }
 
 /// Every architecture fisherkit knows.
-pub const ARCHITECTURES: &[Architecture] = &[t5::ENTRY];
+pub const ARCHITECTURES: &[Architecture] = &[t5::ENTRY, bert::ENTRY];
 
 /// The `model_type`s of [`ARCHITECTURES`], for error messages.
 pub fn known_model_types() -> Vec<&'static str> {

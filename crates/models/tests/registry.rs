@@ -65,10 +65,36 @@ fn loads_by_architectures_when_model_type_is_absent() {
 
 #[test]
 fn unknown_model_type_names_the_file_the_value_and_the_known_types() {
-    let msg = error_of(&fixture("bert-tiny"));
+    let msg = error_of(&fixture("llama-tiny"));
     assert!(msg.contains("config.json"), "{msg}");
-    assert!(msg.contains("\"bert\""), "{msg}");
-    assert!(msg.contains("known model types: t5"), "{msg}");
+    assert!(msg.contains("\"llama\""), "{msg}");
+    assert!(
+        msg.contains("known model types: t5, bert, roberta"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn loads_bert_and_roberta_by_model_type_and_by_architectures() {
+    for name in ["bert-tiny", "roberta-tiny"] {
+        let direct = fisherkit_bert::checkpoint::load(&fixture(name), &Device::flex()).unwrap();
+        let registry = fisherkit_models::load(&fixture(name), &Device::flex()).unwrap();
+        assert_eq!(registry.model_type(), &name[..name.len() - 5]);
+        assert_eq!(registry.class_labels().len(), 3);
+        assert_eq!(
+            registry.read_params().unwrap(),
+            direct.read_params().unwrap()
+        );
+        let dir = edited_copy(name, |c| {
+            c.as_object_mut().unwrap().remove("model_type");
+        });
+        let by_architecture = fisherkit_models::load(dir.path(), &Device::flex()).unwrap();
+        assert_eq!(by_architecture.model_type(), registry.model_type());
+        assert_eq!(
+            by_architecture.read_params().unwrap(),
+            direct.read_params().unwrap()
+        );
+    }
 }
 
 #[test]
@@ -117,10 +143,7 @@ fn train_mode_output(model: &dyn Model, batch: &[Example], seed: u64) -> Vec<f32
 #[test]
 fn set_dropout_changes_training_outputs_only() {
     let mut model = fisherkit_models::load(&fixture("t5-tiny-v10"), &Device::flex()).unwrap();
-    let batch = vec![Example {
-        input_ids: vec![5, 6, 7, 8, 1],
-        target_ids: vec![9, 10, 1],
-    }];
+    let batch = vec![Example::new(vec![5, 6, 7, 8, 1], vec![9, 10, 1])];
     let eval_before = fisherkit_model::score(&model, &batch).unwrap();
     model.set_training(true);
     // The fixture has no dropout: training mode is evaluation mode.

@@ -12,7 +12,7 @@
 //! Tests compare every gradient with burn's autodiff of the same model.
 
 use anyhow::{ensure, Context, Result};
-use fisherkit_model::{ChooseObjectives, EachGradient, ExampleBackprop};
+use fisherkit_model::{ChooseObjectives, EachGradient, Example, ExampleBackprop};
 use fisherkit_nn::attention::KeyValues;
 use fisherkit_nn::cpu::{Binder, Gradient};
 use fisherkit_nn::embedding::{CpuEmbedding, EmbeddingState};
@@ -147,11 +147,16 @@ impl T5Backprop {
 impl ExampleBackprop for T5Backprop {
     fn gradients(
         &self,
-        input: &[u32],
+        example: &Example,
         targets: &[Vec<u32>],
         objectives: &mut ChooseObjectives<'_>,
         each: &mut EachGradient<'_>,
     ) -> Result<()> {
+        let input = &example.input_ids;
+        ensure!(
+            example.token_type_ids.iter().all(|&t| t == 0),
+            "T5 has no token types"
+        );
         self.config.check_ids(input, "input")?;
         self.encoder.check_length(input.len())?;
         for target in targets {

@@ -135,6 +135,25 @@ impl Model for T5 {
         checkpoint::save(self, dir, tokenizer, overwrite)
     }
 
+    fn encoder_states(&self, batch: &[Example]) -> Result<(Tensor<3>, Tensor<2>)> {
+        ensure!(
+            batch
+                .iter()
+                .all(|e| e.token_type_ids.iter().all(|&t| t == 0)),
+            "T5 has no token types: give sentence pairs as one text"
+        );
+        let inputs: Vec<Vec<u32>> = batch.iter().map(|e| e.input_ids.clone()).collect();
+        let encoded = self.encode(&inputs)?;
+        let [rows, _, _, len] = encoded.additive_mask.dims();
+        let tokens = encoded
+            .additive_mask
+            .reshape([rows, len])
+            .equal_elem(0.0)
+            .float()
+            .cast(self.dtype());
+        Ok((encoded.hidden, tokens))
+    }
+
     fn without_autodiff(&self) -> Box<dyn Model> {
         let mut model = self.valid();
         model.config = self.config.clone();

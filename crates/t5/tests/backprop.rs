@@ -21,10 +21,7 @@ fn autodiff_gradient(
     let mut objective: Option<Tensor<1>> = None;
     let mut rows = Vec::new();
     for (target, picks) in targets.iter().zip(picks) {
-        let example = Example {
-            input_ids: input.to_vec(),
-            target_ids: target.clone(),
-        };
+        let example = Example::new(input.to_vec(), target.clone());
         let lsm = model.log_softmax(&[example]).unwrap();
         rows.push(lsm.clone().detach().try_into_vec_as::<f32>().unwrap());
         let mut mask = vec![0f32; target.len() * vocab];
@@ -63,7 +60,7 @@ fn backprop_gradients(
     let mut grads = Vec::new();
     backprop
         .gradients(
-            input,
+            &Example::new(input.to_vec(), Vec::new()),
             targets,
             &mut |rows| {
                 rows_seen = rows.iter().map(|r| r.to_vec()).collect();
@@ -88,7 +85,7 @@ fn one_gradient(
 ) -> anyhow::Result<Vec<f32>> {
     let mut out = Vec::new();
     backprop.gradients(
-        input,
+        &Example::new(input.to_vec(), Vec::new()),
         targets,
         &mut |_| Ok(vec![vec![picks.clone()]]),
         &mut |_, g| {

@@ -41,10 +41,7 @@ fn check_fixture(name: &str) {
     let batch: Vec<Example> = fixture
         .cases
         .iter()
-        .map(|c| Example {
-            input_ids: c.input_ids.clone(),
-            target_ids: c.target_ids.clone(),
-        })
+        .map(|c| Example::new(c.input_ids.clone(), c.target_ids.clone()))
         .collect();
 
     // Scores of the whole padded batch at once: padding and masks matter.

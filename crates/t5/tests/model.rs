@@ -461,18 +461,12 @@ fn bad_checkpoints_are_named_errors() {
     assert!(err(&missing).contains("model.safetensors"));
 
     let model = checkpoint::load(&v10, &Device::flex()).unwrap();
-    let out_of_vocab = vec![Example {
-        input_ids: vec![3, 300],
-        target_ids: vec![1],
-    }];
+    let out_of_vocab = vec![Example::new(vec![3, 300], vec![1])];
     let message = format!(
         "{:#}",
         fisherkit_t5::score(&model, &out_of_vocab).unwrap_err()
     );
     assert!(message.contains("300"), "{message}");
-    let empty = vec![Example {
-        input_ids: vec![],
-        target_ids: vec![1],
-    }];
+    let empty = vec![Example::new(vec![], vec![1])];
     assert!(fisherkit_t5::score(&model, &empty).is_err());
 }

@@ -4,6 +4,7 @@
 //! the built-in synthetic task suite.
 
 pub mod example;
+pub mod folders;
 pub mod glue;
 pub mod metrics;
 pub mod mixture;

@@ -21,6 +21,9 @@ pub struct BenchOptions {
     pub warmup: usize,
     pub steps: usize,
     pub adafactor: bool,
+    /// Classes of a classification head on an encoder preset (the step's target is one
+    /// class per example).
+    pub num_labels: Option<usize>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -41,19 +44,28 @@ pub struct BenchReport {
 }
 
 pub fn run(opts: &BenchOptions, device: &Device) -> Result<BenchReport> {
-    let config = fisherkit_models::preset(&opts.preset)?;
+    let mut config = fisherkit_models::preset(&opts.preset)?;
+    if let Some(n) = opts.num_labels {
+        config["num_labels"] = serde_json::json!(n);
+    }
     let mut model = fisherkit_models::init(&config, 0, &device.clone().autodiff())?;
     model.set_dropout(0.0)?;
     model.set_training(true);
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
     let vocab = model.vocab_size() as u32;
+    let classes = model.class_labels().len() as u32;
+    let target_len = if classes > 0 { 1 } else { opts.target_len };
     let batch: Vec<Example> = (0..opts.batch)
         .map(|_| Example {
+            token_type_ids: Vec::new(),
             input_ids: (0..opts.input_len)
                 .map(|_| rng.random_range(3..vocab))
                 .collect(),
-            target_ids: (0..opts.target_len)
-                .map(|_| rng.random_range(3..vocab))
+            target_ids: (0..target_len)
+                .map(|_| match classes {
+                    0 => rng.random_range(3..vocab),
+                    classes => rng.random_range(0..classes),
+                })
                 .collect(),
         })
         .collect();
@@ -99,7 +111,7 @@ pub fn run(opts: &BenchOptions, device: &Device) -> Result<BenchReport> {
     let step_seconds = t.elapsed().as_secs_f64() / opts.steps.max(1) as f64;
     let step = fisherkit_model::peak::Workload {
         name: "train_step",
-        flops: 3.0 * model.forward_flops(opts.batch, opts.input_len, opts.target_len),
+        flops: 3.0 * model.forward_flops(opts.batch, opts.input_len, target_len),
         seconds: step_seconds,
     };
     let peak =
@@ -111,9 +123,12 @@ pub fn run(opts: &BenchOptions, device: &Device) -> Result<BenchReport> {
         parameters: model.num_params(),
         batch: opts.batch,
         input_len: opts.input_len,
-        target_len: opts.target_len,
+        target_len,
         step_seconds,
-        tokens_per_s: (opts.batch * (opts.input_len + opts.target_len)) as f64 / step_seconds,
+        // A classifier's target is a class, not tokens.
+        tokens_per_s: (opts.batch * (opts.input_len + target_len * usize::from(classes == 0)))
+            as f64
+            / step_seconds,
         threads: std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1),

@@ -75,3 +75,57 @@ pub fn predict(
         .collect::<Result<Vec<_>>>()
         .map_err(|e| anyhow!("decoding predictions: {e}"))
 }
+
+/// A classifier's most probable class for each example (in input order), `batch_size`
+/// examples per forward pass, inputs batched by length.
+pub fn predict_classes(
+    model: &dyn Model,
+    examples: &[fisherkit_model::Example],
+    batch_size: usize,
+) -> Result<Vec<usize>> {
+    let mut order: Vec<usize> = (0..examples.len()).collect();
+    order.sort_by_key(|&i| examples[i].input_ids.len());
+    let mut out = vec![0; examples.len()];
+    for chunk in order.chunks(batch_size.max(1)) {
+        let batch: Vec<_> = chunk.iter().map(|&i| examples[i].clone()).collect();
+        let logits = model.logits(&batch)?;
+        let classes = logits.dims()[2];
+        let values = logits
+            .try_into_vec_as::<f32>()
+            .map_err(|e| anyhow!("reading logits: {e:?}"))?;
+        for (&i, row) in chunk.iter().zip(values.chunks(classes)) {
+            out[i] = row
+                .iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map(|(c, _)| c)
+                .unwrap_or(0);
+        }
+    }
+    Ok(out)
+}
+
+/// Class metrics (accuracy, F1, ...) of a classifier on labelled examples: the label names
+/// of its predictions against the examples' labels.
+pub fn classifier_metrics(
+    model: &dyn Model,
+    examples: &[fisherkit_model::Example],
+    metrics: &[String],
+    batch_size: usize,
+) -> Result<(fisherkit_tasks::metrics::Scores, Vec<String>)> {
+    let labels = model.class_labels().to_vec();
+    let predictions: Vec<String> = predict_classes(model, examples, batch_size)?
+        .into_iter()
+        .map(|c| labels[c].clone())
+        .collect();
+    let references: Vec<String> = examples
+        .iter()
+        .map(|e| labels[e.target_ids[0] as usize].clone())
+        .collect();
+    let scores =
+        fisherkit_tasks::metrics::evaluate(&predictions, &references, metrics, Some(&labels))?;
+    Ok((scores, predictions))
+}
+
+/// The metrics classifier evaluation reports when none are asked for.
+pub const CLASSIFIER_METRICS: [&str; 2] = ["accuracy", "macro-f1"];

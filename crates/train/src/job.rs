@@ -1,7 +1,7 @@
 //! Whole jobs behind the CLI: `train` from files, `eval` of a model on a data set.
 
 use crate::data::{steps_for_epochs, BatchBy};
-use crate::evaluate::{generate_ids, DecodeOptions};
+use crate::evaluate::{classifier_metrics, generate_ids, DecodeOptions, CLASSIFIER_METRICS};
 use crate::trainer::{self, RunOptions, Summary, TrainConfig, TrainData, Validator};
 use fisherkit_common::{bail, ensure, Context, Result};
 use fisherkit_model::burn::tensor::Device;
@@ -53,7 +53,8 @@ fn truncate(ids: &mut Vec<u32>, max: usize, eos: u32) -> bool {
 }
 
 /// Read a JSONL data file (`input`/`target` text with a tokenizer, or `input_ids`/
-/// `target_ids`), truncating to the limits with a warning count.
+/// `target_ids`), truncating to the limits with a warning count; for a classifier,
+/// `{"text", "label"}` lines as `fisherkit classify` reads them, plus the label.
 pub fn read_data(
     path: &Path,
     tokenizer: Option<&TextTokenizer>,
@@ -62,6 +63,12 @@ pub fn read_data(
     max_tgt: usize,
     quiet: bool,
 ) -> Result<Vec<Example>> {
+    let labels = model.class_labels();
+    if !labels.is_empty() {
+        // A classifier: encoder inputs with a label each (the tokenizer truncates text
+        // to what the positions reach; ids are checked as given).
+        return fisherkit_model::data::read_classification(path, tokenizer, Some(labels), true);
+    }
     let eos = model.special_tokens().eos;
     let mut examples =
         fisherkit_model::data::read_examples(path, tokenizer, model.vocab_size(), true)?;
@@ -85,18 +92,29 @@ pub fn read_data(
     Ok(examples)
 }
 
+/// `--tokenizer`, else the model directory's own (as the model reads it: an encoder's
+/// truncates to what its positions reach).
 fn load_tokenizer(
     job_tokenizer: Option<&Path>,
     model_dir: &Path,
-    eos: u32,
+    model: &dyn Model,
 ) -> Result<(Option<TextTokenizer>, Option<PathBuf>)> {
-    let path = match job_tokenizer {
-        Some(p) => Some(p.to_path_buf()),
-        None => Some(model_dir.join("tokenizer.json")).filter(|p| p.exists()),
-    };
-    match path {
-        Some(p) => Ok((Some(TextTokenizer::load(&p, eos)?), Some(p))),
-        None => Ok((None, None)),
+    match job_tokenizer {
+        Some(p) => {
+            ensure!(
+                model.class_labels().is_empty(),
+                "--tokenizer: a classifier reads the tokenizer.json of its own directory"
+            );
+            let eos = model.special_tokens().eos;
+            Ok((Some(TextTokenizer::load(p, eos)?), Some(p.to_path_buf())))
+        }
+        None => {
+            let path = model_dir.join(fisherkit_model::tokenizer::TOKENIZER_FILE);
+            Ok((
+                model.tokenizer_in(model_dir)?,
+                path.exists().then_some(path),
+            ))
+        }
     }
 }
 
@@ -120,7 +138,7 @@ pub fn run_train(job: &TrainJob, device: &Device, quiet: bool) -> Result<Summary
     let model = load_for_training(&job.model_dir, device, job.dropout)?;
     let eos = model.special_tokens().eos;
     let (tokenizer, tokenizer_path) =
-        load_tokenizer(job.tokenizer.as_deref(), &job.model_dir, eos)?;
+        load_tokenizer(job.tokenizer.as_deref(), &job.model_dir, &*model)?;
     if let Some(tk) = &tokenizer {
         ensure!(
             tk.vocab_size() <= model.vocab_size(),
@@ -179,8 +197,24 @@ pub fn run_train(job: &TrainJob, device: &Device, quiet: bool) -> Result<Summary
         crate::schedule::Schedule::new(s.kind, s.lr, s.warmup_steps, config.total_steps)?;
     // Metrics on generated validation predictions.
     let mut validator_fn;
+    let mut classifier_validator;
     let mut validator: Option<&mut Validator<'_>> = None;
-    if let (Some(valid_file), Some(tk)) = (&job.valid_file, &tokenizer) {
+    if let (false, Some(valid)) = (model.class_labels().is_empty(), &valid) {
+        // A classifier's metrics come from its predicted classes (accuracy and macro-F1
+        // unless others are asked for).
+        let metric_names: Vec<String> =
+            if job.valid_metrics.is_empty() || job.valid_metrics == ["exact-match"] {
+                CLASSIFIER_METRICS.iter().map(|m| m.to_string()).collect()
+            } else {
+                job.valid_metrics.clone()
+            };
+        let examples = &valid[..valid.len().min(job.valid_generate)];
+        classifier_validator = move |m: &dyn Model| -> Result<Vec<(String, f64)>> {
+            let (scores, _) = classifier_metrics(m, examples, &metric_names, 32)?;
+            Ok(scores.metrics.into_iter().collect())
+        };
+        validator = Some(&mut classifier_validator);
+    } else if let (Some(valid_file), Some(tk)) = (&job.valid_file, &tokenizer) {
         if !job.valid_metrics.is_empty() {
             let texts = fisherkit_tasks::load_examples(valid_file).with_context(|| {
                 format!(
@@ -258,7 +292,10 @@ pub struct EvalJob {
 pub fn run_eval(job: &EvalJob, device: &Device) -> Result<metrics::Scores> {
     let model = fisherkit_models::load(&job.model_dir, device)?;
     let eos = model.special_tokens().eos;
-    let (tokenizer, _) = load_tokenizer(job.tokenizer.as_deref(), &job.model_dir, eos)?;
+    let (tokenizer, _) = load_tokenizer(job.tokenizer.as_deref(), &job.model_dir, &*model)?;
+    if !model.class_labels().is_empty() {
+        return run_classifier_eval(job, &*model, tokenizer.as_ref());
+    }
     let Some(tokenizer) = tokenizer else {
         bail!(
             "{} has no tokenizer.json: pass --tokenizer to turn predictions into text",
@@ -302,6 +339,46 @@ pub fn run_eval(job: &EvalJob, device: &Device) -> Result<metrics::Scores> {
         &job.metrics,
         job.labels.as_deref(),
     )
+}
+
+/// `eval` of a classifier: predicted classes against the data's labels.
+fn run_classifier_eval(
+    job: &EvalJob,
+    model: &dyn Model,
+    tokenizer: Option<&TextTokenizer>,
+) -> Result<metrics::Scores> {
+    ensure!(
+        job.labels.is_none(),
+        "--labels: a classifier's labels are its head's classes ({})",
+        model.class_labels().join(",")
+    );
+    let examples = fisherkit_model::data::read_classification(
+        &job.data,
+        tokenizer,
+        Some(model.class_labels()),
+        true,
+    )?;
+    // The command's default (exact match) is accuracy here; report macro-F1 beside it.
+    let metrics: Vec<String> = if job.metrics == ["exact-match"] {
+        CLASSIFIER_METRICS.iter().map(|m| m.to_string()).collect()
+    } else {
+        job.metrics.clone()
+    };
+    let (scores, predictions) =
+        classifier_metrics(model, &examples, &metrics, job.decode.batch_size)?;
+    if let Some(path) = &job.predictions_out {
+        let labels = model.class_labels();
+        fisherkit_common::atomic::write_file(path, |w| {
+            use std::io::Write;
+            for (e, p) in examples.iter().zip(&predictions) {
+                let row =
+                    serde_json::json!({"label": labels[e.target_ids[0] as usize], "prediction": p});
+                writeln!(w, "{row}")?;
+            }
+            Ok(())
+        })?;
+    }
+    Ok(scores)
 }
 
 /// Check that a batching choice is usable.

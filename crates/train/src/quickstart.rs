@@ -97,10 +97,10 @@ pub fn encode(
     examples
         .iter()
         .map(|e| {
-            Ok(Example {
-                input_ids: tokenizer::encode(tk, &e.input)?,
-                target_ids: tokenizer::encode(tk, &e.target)?,
-            })
+            Ok(Example::new(
+                tokenizer::encode(tk, &e.input)?,
+                tokenizer::encode(tk, &e.target)?,
+            ))
         })
         .collect()
 }

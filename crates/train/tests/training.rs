@@ -53,10 +53,7 @@ fn examples(n: usize) -> Vec<Example> {
             input_ids.push(1);
             let mut target_ids: Vec<u32> = seq.into_iter().rev().collect();
             target_ids.push(1);
-            Example {
-                input_ids,
-                target_ids,
-            }
+            Example::new(input_ids, target_ids)
         })
         .collect()
 }

@@ -30,14 +30,8 @@ pub fn micro_config(gated: bool) -> T5Config {
 
 pub fn micro_batch() -> Vec<Example> {
     vec![
-        Example {
-            input_ids: vec![5, 9, 3, 17, 2, 11, 7, 1],
-            target_ids: vec![4, 8, 15, 16, 1],
-        },
-        Example {
-            input_ids: vec![22, 6, 1],
-            target_ids: vec![12, 1],
-        },
+        Example::new(vec![5, 9, 3, 17, 2, 11, 7, 1], vec![4, 8, 15, 16, 1]),
+        Example::new(vec![22, 6, 1], vec![12, 1]),
     ]
 }
 
