@@ -134,16 +134,12 @@ fn word_embeddings_name(model: &Bert) -> String {
 }
 
 /// The pre-trained encoder of `dir` with a new, randomly initialised classification head
-/// of `num_labels` classes (reproducible from `seed`); the pooler is kept when the
+/// for the classes `labels` (reproducible from `seed`); the pooler is kept when the
 /// checkpoint has one and drawn fresh when a BERT head needs it.
-pub fn with_new_head(dir: &Path, num_labels: usize, seed: u64, device: &Device) -> Result<Bert> {
-    ensure!(
-        num_labels >= 2,
-        "--num-labels must be at least 2, got {num_labels}"
-    );
+pub fn with_new_head(dir: &Path, labels: &[String], seed: u64, device: &Device) -> Result<Bert> {
     let pretrained = load(dir, device)?;
     let mut config = pretrained.config().clone();
-    config.set_num_labels(num_labels);
+    config.set_labels(labels)?;
     let mut model = init(&config, seed, device)?;
     let body: Vec<(String, Vec<f32>)> = pretrained
         .read_params()?

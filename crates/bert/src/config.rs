@@ -290,7 +290,25 @@ impl BertConfig {
 
     /// The class count, with `labels` named `LABEL_i` as `transformers` names them.
     pub fn set_num_labels(&mut self, n: usize) {
-        self.labels = (0..n).map(|i| format!("LABEL_{i}")).collect();
+        self.labels = default_labels(n);
+    }
+
+    /// The classes of a head: at least two distinct, non-empty names.
+    pub fn set_labels(&mut self, labels: &[String]) -> Result<()> {
+        ensure!(
+            labels.len() >= 2,
+            "a classification head needs at least 2 classes, got {}",
+            labels.len()
+        );
+        for (i, label) in labels.iter().enumerate() {
+            ensure!(!label.trim().is_empty(), "class {i} has an empty name");
+            ensure!(
+                !labels[..i].contains(label),
+                "class {label:?} is named twice"
+            );
+        }
+        self.labels = labels.to_vec();
+        Ok(())
     }
 
     /// The `config.json` to write: the file's own keys, with the architecture and the
@@ -375,6 +393,11 @@ impl BertConfig {
     }
 }
 
+/// `LABEL_0` … `LABEL_{n-1}`, as `transformers` names classes it was given no names for.
+pub fn default_labels(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("LABEL_{i}")).collect()
+}
+
 /// `id2label` (`{"0": "neg", ...}`) as a list by class index, or `num_labels` classes
 /// named `LABEL_i`; none when the config has neither.
 fn labels(raw: &Map<String, Value>) -> Result<Vec<String>> {
@@ -412,7 +435,7 @@ fn labels(raw: &Map<String, Value>) -> Result<Vec<String>> {
         return Ok(labels);
     }
     Ok(match raw.get("num_labels").and_then(Value::as_u64) {
-        Some(n) => (0..n).map(|i| format!("LABEL_{i}")).collect(),
+        Some(n) => default_labels(n as usize),
         None => Vec::new(),
     })
 }

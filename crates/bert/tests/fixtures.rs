@@ -147,15 +147,19 @@ fn save_and_reload_round_trip() {
     }
 }
 
+fn labels(n: usize) -> Vec<String> {
+    fisherkit_bert::config::default_labels(n)
+}
+
 /// A new head on a pre-trained encoder keeps every encoder weight (under the task
 /// model's names) and draws the head reproducibly from the seed.
 #[test]
 fn new_head_keeps_the_encoder() {
     let dir = testdata("bert-tiny");
     let pretrained = checkpoint::load(&dir, &Device::flex()).unwrap();
-    let a = checkpoint::with_new_head(&dir, 5, 7, &Device::flex()).unwrap();
-    let b = checkpoint::with_new_head(&dir, 5, 7, &Device::flex()).unwrap();
-    let c = checkpoint::with_new_head(&dir, 5, 8, &Device::flex()).unwrap();
+    let a = checkpoint::with_new_head(&dir, &labels(5), 7, &Device::flex()).unwrap();
+    let b = checkpoint::with_new_head(&dir, &labels(5), 7, &Device::flex()).unwrap();
+    let c = checkpoint::with_new_head(&dir, &labels(5), 8, &Device::flex()).unwrap();
     assert_eq!(a.labels().len(), 5);
     for (name, values) in pretrained.read_params().unwrap() {
         let new = a.read_param(&name).unwrap();
@@ -173,7 +177,7 @@ fn new_head_keeps_the_encoder() {
         a.read_param("classifier.weight").unwrap(),
         c.read_param("classifier.weight").unwrap()
     );
-    assert!(checkpoint::with_new_head(&dir, 1, 7, &Device::flex()).is_err());
+    assert!(checkpoint::with_new_head(&dir, &labels(1), 7, &Device::flex()).is_err());
 }
 
 /// Bad inputs are named errors: out-of-vocabulary ids, too long inputs, token types the

@@ -59,6 +59,10 @@ pub struct MergeArgs {
     /// Copy tensors that some models lack from the target instead of failing.
     #[arg(long)]
     allow_missing: bool,
+    /// A sequence classifier's head: `target` keeps the target model's (the paper's
+    /// choice: heads of different tasks are not averaged), `merge` merges it too.
+    #[arg(long, value_enum, default_value = "target")]
+    heads: HeadsArg,
     /// fsync the output before it is renamed into place (durable across power loss;
     /// runs at disk speed). Without it the output is still complete-or-absent.
     #[arg(long)]
@@ -207,6 +211,10 @@ pub fn merge(args: MergeArgs) -> Result<()> {
         recipe,
         &engine::PlanOptions {
             allow_missing: args.allow_missing,
+            heads: match args.heads {
+                HeadsArg::Target => engine::Heads::Target,
+                HeadsArg::Merge => engine::Heads::Merge,
+            },
         },
     )?;
     if args.search.is_some() {
@@ -377,6 +385,12 @@ fn search_and_merge(
             .unwrap_or_default()
     );
     Ok(())
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum HeadsArg {
+    Target,
+    Merge,
 }
 
 /// A dry run of a search: the candidates it would evaluate, one JSON object per line.

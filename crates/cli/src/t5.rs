@@ -23,10 +23,14 @@ pub struct InitArgs {
     #[arg(long, required_unless_present = "from", conflicts_with = "from")]
     preset: Option<String>,
     /// A pre-trained BERT/RoBERTa directory to put a new classification head on (with
-    /// --num-labels).
-    #[arg(long, requires = "num_labels")]
+    /// --labels or --num-labels).
+    #[arg(long)]
     from: Option<PathBuf>,
-    /// Classes of a new classification head (with --from, or an encoder preset).
+    /// Class names of a new classification head, comma-separated (with --from, or an
+    /// encoder preset); its `id2label`.
+    #[arg(long, value_delimiter = ',', conflicts_with = "num_labels")]
+    labels: Option<Vec<String>>,
+    /// Number of classes of a new head, named LABEL_0, LABEL_1, ... (as transformers).
     #[arg(long)]
     num_labels: Option<usize>,
     /// Vocabulary size (default: the tokenizer's size when --tokenizer is given, else the
@@ -70,9 +74,15 @@ fn parse_setting(text: &str) -> Result<(String, String), String> {
 
 pub fn init(args: InitArgs) -> Result<()> {
     let device = device_by_name("cpu")?;
+    let labels = match (&args.labels, args.num_labels) {
+        (Some(labels), _) => Some(labels.clone()),
+        (None, Some(n)) => Some(fisherkit_bert::config::default_labels(n)),
+        (None, None) => None,
+    };
     if let Some(from) = &args.from {
-        let num_labels = args.num_labels.expect("clap requires it");
-        let model = fisherkit_bert::checkpoint::with_new_head(from, num_labels, args.seed, &device)
+        let labels =
+            labels.context("--from needs the classes: --labels a,b,... or --num-labels N")?;
+        let model = fisherkit_bert::checkpoint::with_new_head(from, &labels, args.seed, &device)
             .with_context(|| format!("a new head on {}", from.display()))?;
         let tokenizer = from.join(fisherkit_model::tokenizer::TOKENIZER_FILE);
         let tokenizer = args
@@ -82,7 +92,8 @@ pub fn init(args: InitArgs) -> Result<()> {
         let dir =
             fisherkit_bert::checkpoint::save(&model, &args.out, tokenizer.as_deref(), args.force)?;
         eprintln!(
-            "initialised a {num_labels}-class head on {} ({} parameters) in {}",
+            "initialised a {}-class head on {} ({} parameters) in {}",
+            labels.len(),
             from.display(),
             model.num_params(),
             dir.display()
@@ -94,11 +105,11 @@ pub fn init(args: InitArgs) -> Result<()> {
         .as_deref()
         .expect("clap requires --preset without --from");
     if !fisherkit_t5::config::PRESETS.contains(&preset) {
-        return init_other(&args, preset, &device);
+        return init_other(&args, preset, labels, &device);
     }
     ensure!(
-        args.num_labels.is_none(),
-        "--num-labels is for encoders (BERT, RoBERTa); T5 outputs text"
+        labels.is_none(),
+        "--labels/--num-labels are for encoders (BERT, RoBERTa); T5 outputs text"
     );
     let mut settings = Vec::new();
     for (key, value) in [
@@ -142,6 +153,7 @@ pub fn init(args: InitArgs) -> Result<()> {
 fn init_other(
     args: &InitArgs,
     preset: &str,
+    labels: Option<Vec<String>>,
     device: &fisherkit_model::burn::tensor::Device,
 ) -> Result<()> {
     ensure!(
@@ -152,13 +164,34 @@ fn init_other(
     let object = config
         .as_object_mut()
         .context("a preset is a JSON object")?;
+    // The preset's own keys, and the few an encoder preset leaves at their defaults.
+    let mut known: Vec<String> = object.keys().cloned().collect();
+    known.extend(
+        [
+            "hidden_dropout_prob",
+            "attention_probs_dropout_prob",
+            "initializer_range",
+        ]
+        .map(String::from),
+    );
+    for (key, _) in &args.settings {
+        ensure!(
+            known.contains(key),
+            "--set {key}: not a key of the {preset} preset; known keys: {}",
+            known.join(", ")
+        );
+    }
     for (key, value) in &args.settings {
         let value = serde_json::from_str(value).unwrap_or_else(|_| json!(value));
         object.insert(key.clone(), value);
     }
-    if let Some(n) = args.num_labels {
-        ensure!(n >= 2, "--num-labels must be at least 2, got {n}");
-        object.insert("num_labels".into(), json!(n));
+    if let Some(labels) = labels {
+        let id2label: serde_json::Map<String, serde_json::Value> = labels
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (i.to_string(), json!(l)))
+            .collect();
+        object.insert("id2label".into(), id2label.into());
     }
     if let Some(path) = &args.tokenizer {
         let size = TextTokenizer::load(path, 0)?.vocab_size();

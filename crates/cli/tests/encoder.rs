@@ -187,11 +187,71 @@ fn init_new_head_and_presets() {
     let stdout = ok(&["classify", "--model", s(&headed), "--data", s(&data)]);
     let first: Value = serde_json::from_str(stdout.lines().next().unwrap()).unwrap();
     assert_eq!(floats(&first["probs"]).len(), 5);
-    let bare = dir.path().join("bare");
+    assert!(first["label"].as_str().unwrap().starts_with("LABEL_"));
+    // Named classes, on a bare encoder preset too.
+    let named = dir.path().join("named");
     ok(&[
         "init",
         "--preset",
         "bert-tiny",
+        "--labels",
+        "neg,pos",
+        "--seed",
+        "2",
+        "--out",
+        s(&named),
+    ]);
+    let config: Value =
+        serde_json::from_str(&std::fs::read_to_string(named.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["architectures"][0], "BertForSequenceClassification");
+    assert_eq!(config["id2label"]["1"], "pos");
+    assert_eq!(config["label2id"]["neg"], 0);
+    let err = fails(&[
+        "init",
+        "--from",
+        s(&testdata("fixtures/bert-tiny")),
+        "--labels",
+        "a,a",
+        "--seed",
+        "1",
+        "--out",
+        s(&named),
+        "--force",
+    ]);
+    assert!(err.contains("named twice"), "{err}");
+    let err = fails(&[
+        "init",
+        "--from",
+        s(&testdata("fixtures/bert-tiny")),
+        "--seed",
+        "1",
+        "--out",
+        s(&named),
+        "--force",
+    ]);
+    assert!(err.contains("--labels"), "{err}");
+    let bare = dir.path().join("bare");
+    let err = fails(&[
+        "init",
+        "--preset",
+        "bert-tiny",
+        "--set",
+        "num_layers=3",
+        "--seed",
+        "1",
+        "--out",
+        s(&bare),
+    ]);
+    assert!(
+        err.contains("num_layers") && err.contains("num_hidden_layers"),
+        "{err}"
+    );
+    ok(&[
+        "init",
+        "--preset",
+        "bert-tiny",
+        "--set",
+        "num_hidden_layers=3",
         "--seed",
         "1",
         "--out",
@@ -200,6 +260,7 @@ fn init_new_head_and_presets() {
     let config: Value =
         serde_json::from_str(&std::fs::read_to_string(bare.join("config.json")).unwrap()).unwrap();
     assert_eq!(config["architectures"][0], "BertModel");
+    assert_eq!(config["num_hidden_layers"], 3);
     let ids = dir.path().join("ids.jsonl");
     std::fs::write(&ids, "{\"input_ids\": [101, 7, 8, 102]}\n").unwrap();
     let stdout = ok(&["embed", "--model", s(&bare), "--data", s(&ids)]);
@@ -425,4 +486,141 @@ fn tasks_folders_writes_a_stratified_split() {
     }));
     let err = fails(&["tasks", "folders", "--dir", s(&corpus), "--out", s(&out)]);
     assert!(err.contains("exists"), "{err}");
+}
+
+/// Merging two classifiers keeps the target's head by default (`--heads target`, as the
+/// Fisher-merging paper does) and merges the encoders; `--heads merge` averages it too.
+#[test]
+fn merging_classifiers_keeps_the_target_head() {
+    let dir = tempfile::tempdir().unwrap();
+    let train = dir.path().join("train.jsonl");
+    rule_data(&train, 64, 0);
+    let a = testdata("fixtures/bert-tiny");
+    let run = dir.path().join("run");
+    ok(&[
+        "train",
+        "--model",
+        s(&a),
+        "--train",
+        s(&train),
+        "--out",
+        s(&run),
+        "--optimizer",
+        "adamw",
+        "--lr",
+        "1e-2",
+        "--batch-size",
+        "16",
+        "--steps",
+        "4",
+    ]);
+    let b = run.join("model");
+    let read = |dir: &Path, name: &str| -> Vec<f32> {
+        MappedFile::open(&dir.join("model.safetensors"))
+            .unwrap()
+            .read_f32(name)
+            .unwrap()
+            .1
+    };
+    for (heads, head_merged) in [("target", false), ("merge", true)] {
+        let out = dir.path().join(format!("merged-{heads}"));
+        ok(&[
+            "merge",
+            "--method",
+            "linear",
+            "--model",
+            s(&a),
+            "--model",
+            s(&b),
+            "--heads",
+            heads,
+            "--out",
+            s(&out),
+        ]);
+        for name in [
+            "classifier.weight",
+            "bert.encoder.layer.1.output.dense.weight",
+        ] {
+            let (x, y, m) = (read(&a, name), read(&b, name), read(&out, name));
+            assert_ne!(x, y, "{name}: training changed it");
+            let merged = name.starts_with("bert.") || head_merged;
+            for ((x, y), m) in x.iter().zip(&y).zip(&m) {
+                let want = if merged { 0.5 * (x + y) } else { *x };
+                assert!(
+                    (m - want).abs() < 1e-6,
+                    "--heads {heads} {name}: {m} vs {want}"
+                );
+            }
+        }
+        // The merge is a classifier fisherkit loads and runs.
+        let data = dir.path().join("d.jsonl");
+        cases("bert-tiny", &data);
+        ok(&["classify", "--model", s(&out), "--data", s(&data)]);
+    }
+}
+
+/// Per-example Fishers of a classifier over its classes (low rank: one column per class),
+/// with the observed labels and the predictions stored beside them, and NPEFF fits them.
+#[test]
+fn pefs_and_npeff_on_a_classifier() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d.jsonl");
+    let cases = cases("roberta-tiny", &data);
+    let model = testdata("fixtures/roberta-tiny");
+    let pefs = dir.path().join("pefs");
+    ok(&[
+        "pefs",
+        "--model",
+        s(&model),
+        "--data",
+        s(&data),
+        "--outputs",
+        "labels",
+        "--kind",
+        "low-rank",
+        "--top-k",
+        "200",
+        "--out",
+        s(&pefs),
+    ]);
+    let pef = fisherkit_npeff::pef::PefDir::open(&pefs).unwrap();
+    assert_eq!(pef.meta.n_classes, Some(3));
+    let rows = pef.read_all().unwrap();
+    assert_eq!(rows.n_examples, cases.len());
+    let shard = MappedFile::open(&pef.dir.join(&pef.meta.shards[0].file)).unwrap();
+    let st = shard.tensors().unwrap();
+    let labels: Vec<i64> = st
+        .tensor("labels")
+        .unwrap()
+        .data()
+        .chunks_exact(8)
+        .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    let want: Vec<i64> = cases.iter().map(|c| c["label"].as_i64().unwrap()).collect();
+    assert_eq!(labels, want);
+    // The stored label log-probabilities are the model's (transformers' fixture values).
+    let (_, logits) = shard.read_f32("logits").unwrap();
+    for (e, case) in cases.iter().enumerate() {
+        for (c, want) in floats(&case["log_probs"]).iter().enumerate() {
+            assert!((logits[3 * e + c] as f64 - want).abs() < 1e-4);
+        }
+    }
+    let fit = dir.path().join("fit.safetensors");
+    ok(&[
+        "npeff",
+        "fit",
+        "--pefs",
+        s(&pefs),
+        "--components",
+        "2",
+        "--iters",
+        "10",
+        "--g-only-iters",
+        "3",
+        "--out",
+        s(&fit),
+    ]);
+    let (shape, w) = MappedFile::open(&fit).unwrap().read_f32("W").unwrap();
+    assert_eq!(shape, vec![cases.len(), 2]);
+    assert!(w.iter().all(|v| v.is_finite() && *v >= 0.0));
 }

@@ -77,6 +77,40 @@ pub struct Plan {
 pub struct PlanOptions {
     /// Copy tensors missing from some (not all) models from the target instead of failing.
     pub allow_missing: bool,
+    /// What happens to a sequence classifier's task head.
+    pub heads: Heads,
+}
+
+/// A sequence classifier's head (`--heads`): the Fisher-merging paper keeps the target
+/// model's head — heads trained on different tasks score different classes, and
+/// averaging them means nothing — and merges the encoders only.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Heads {
+    /// Copy the target's head (when its `config.json` names a `*ForSequenceClassification`).
+    #[default]
+    Target,
+    /// Merge the head like every other tensor.
+    Merge,
+}
+
+/// The task head's tensors of Hugging Face sequence classifiers: `classifier.*` (BERT,
+/// RoBERTa and most encoders), `pre_classifier.*` (DistilBERT), `score.*` (decoder LMs).
+pub const TASK_HEAD_PATTERN: &str = r"^(classifier|pre_classifier|score)\.";
+
+/// Whether the `config.json` in `dir` describes a sequence classifier.
+fn is_sequence_classifier(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join("config.json"))
+        .ok()
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+        .and_then(|config| {
+            config["architectures"].as_array().map(|names| {
+                names
+                    .iter()
+                    .filter_map(|n| n.as_str())
+                    .any(|n| n.ends_with("ForSequenceClassification"))
+            })
+        })
+        .unwrap_or(false)
 }
 
 /// What a merge did, saved as `merge_report.json` and printed by the CLI.
@@ -227,12 +261,17 @@ impl Plan {
     }
 
     fn plan_tensors(&mut self, options: &PlanOptions) -> Result<()> {
-        let exclude = self
+        let mut exclude = self
             .recipe
             .exclude
             .iter()
             .map(|p| Regex::new(p).with_context(|| format!("exclude pattern {p:?}")))
             .collect::<Result<Vec<_>>>()?;
+        let keep_head =
+            options.heads == Heads::Target && is_sequence_classifier(&self.target_dir());
+        if keep_head {
+            exclude.push(Regex::new(TASK_HEAD_PATTERN).expect("a valid pattern"));
+        }
         let out_dtype = match self
             .recipe
             .out_dtype
@@ -268,7 +307,11 @@ impl Plan {
             let action = if !is_float(t.dtype) {
                 copy(format!("{:?} tensor (not merged)", t.dtype))
             } else if let Some(re) = exclude.iter().find(|re| re.is_match(name)) {
-                copy(format!("excluded by filter {:?}", re.as_str()))
+                if keep_head && re.as_str() == TASK_HEAD_PATTERN {
+                    copy("the target's classification head (--heads target)".into())
+                } else {
+                    copy(format!("excluded by filter {:?}", re.as_str()))
+                }
             } else if !others.is_empty() && missing.len() == others.len() {
                 copy("only in the target".into())
             } else if !missing.is_empty() {

@@ -688,6 +688,7 @@ fn bad_inputs_are_named() {
         r,
         &PlanOptions {
             allow_missing: true,
+            ..Default::default()
         },
     )
     .unwrap();
