@@ -11,7 +11,7 @@
 use anyhow::{bail, ensure, Result};
 use fisherkit_model::burn::module::Module;
 use fisherkit_model::burn::tensor::{DType, Device, Int, Tensor, TensorData};
-use fisherkit_model::{burn, Example, ParamMut, ParamRef};
+use fisherkit_model::{burn, Example};
 use fisherkit_nn::attention::{AttentionShape, MASKED};
 use fisherkit_nn::{
     param_list, Attention, AttentionNames, Dropout, Embedding, FeedForward, FeedForwardNames,
@@ -151,7 +151,7 @@ pub struct Bert {
     pub(crate) training: bool,
 }
 
-param_list!(Bert {
+param_list!(root Bert {
     child [names.body] => encoder,
     optional_child "classifier.dense." => head_dense,
     optional_child [names.classifier] => classifier,
@@ -260,18 +260,6 @@ impl Bert {
             hidden: rate(self.config.hidden_dropout_prob),
             attention: rate(self.config.attention_probs_dropout_prob),
         }
-    }
-
-    pub fn named_params(&self) -> Vec<(String, ParamRef<'_>)> {
-        let mut out = Vec::new();
-        self.params("", &mut out);
-        out
-    }
-
-    pub fn named_params_mut(&mut self) -> Vec<(String, ParamMut<'_>)> {
-        let mut out = Vec::new();
-        self.params_mut("", &mut out);
-        out
     }
 
     fn pad(&self, batch: &[Example]) -> Result<Padded> {

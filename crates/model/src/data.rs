@@ -21,12 +21,17 @@ pub fn read_examples(
     vocab_size: usize,
     with_targets: bool,
 ) -> Result<Vec<Example>> {
-    let lines = jsonl::read_all::<Value>(path)?;
-    lines
+    read_lines(path, |value| {
+        parse_line(value, tokenizer, vocab_size, with_targets)
+    })
+}
+
+/// Every line of a JSONL file through `parse`; an error names the file and line.
+fn read_lines(path: &Path, parse: impl Fn(&Value) -> Result<Example>) -> Result<Vec<Example>> {
+    jsonl::read_all::<Value>(path)?
         .into_iter()
         .map(|line| {
-            let at = format!("{}:{}", path.display(), line.line_no);
-            parse_line(&line.value, tokenizer, vocab_size, with_targets).with_context(|| at)
+            parse(&line.value).with_context(|| format!("{}:{}", path.display(), line.line_no))
         })
         .collect()
 }
@@ -59,14 +64,9 @@ pub fn read_classification(
     labels: Option<&[String]>,
     require_label: bool,
 ) -> Result<Vec<Example>> {
-    let lines = jsonl::read_all::<Value>(path)?;
-    lines
-        .into_iter()
-        .map(|line| {
-            let at = format!("{}:{}", path.display(), line.line_no);
-            parse_classification(&line.value, tokenizer, labels, require_label).with_context(|| at)
-        })
-        .collect()
+    read_lines(path, |value| {
+        parse_classification(value, tokenizer, labels, require_label)
+    })
 }
 
 fn parse_classification(

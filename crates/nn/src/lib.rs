@@ -47,8 +47,26 @@ use fisherkit_model::burn::tensor::{Device, Distribution, Tensor};
 /// `child "prefix." => field` (a part with its own list), `optional_child "prefix." =>
 /// field` (an `Option` of one), `children "prefix." => field` (a `Vec` of parts,
 /// numbered). A name may also be `[names.key]`: the string in the part's `names` field.
+/// `param_list!(root Model { ... })` also gives a whole model `named_params` /
+/// `named_params_mut`: the lists from the empty prefix.
 #[macro_export]
 macro_rules! param_list {
+    (root $ty:ty { $($entry:tt)* }) => {
+        $crate::param_list!($ty { $($entry)* });
+        impl $ty {
+            /// Every parameter under its checkpoint name, in checkpoint order.
+            pub fn named_params(&self) -> Vec<(String, $crate::ParamRef<'_>)> {
+                let mut out = Vec::new();
+                self.params("", &mut out);
+                out
+            }
+            pub fn named_params_mut(&mut self) -> Vec<(String, $crate::ParamMut<'_>)> {
+                let mut out = Vec::new();
+                self.params_mut("", &mut out);
+                out
+            }
+        }
+    };
     ($ty:ty { $($entry:tt)* }) => {
         impl $ty {
             pub fn params<'a>(&'a self, prefix: &str, out: &mut Vec<(String, $crate::ParamRef<'a>)>) {

@@ -10,9 +10,9 @@
 //! [`T5::named_params`], in checkpoint order.
 
 use anyhow::{ensure, Result};
+use fisherkit_model::burn;
 use fisherkit_model::burn::module::Module;
 use fisherkit_model::burn::tensor::{DType, Device, Int, Tensor, TensorData};
-use fisherkit_model::{burn, ParamMut, ParamRef};
 use fisherkit_nn::attention::{causal_mask, AttentionShape};
 use fisherkit_nn::position::{Buckets, Rotary};
 use fisherkit_nn::stack::{Context, SublayerNames};
@@ -199,7 +199,7 @@ pub struct T5 {
     pub(crate) training: bool,
 }
 
-param_list!(T5 {
+param_list!(root T5 {
     child "shared." => shared,
     child "encoder." => encoder,
     child "decoder." => decoder,
@@ -248,19 +248,6 @@ impl T5 {
                 0.0
             },
         }
-    }
-
-    /// Every parameter under its HF name, in checkpoint order.
-    pub fn named_params(&self) -> Vec<(String, ParamRef<'_>)> {
-        let mut out = Vec::new();
-        self.params("", &mut out);
-        out
-    }
-
-    pub fn named_params_mut(&mut self) -> Vec<(String, ParamMut<'_>)> {
-        let mut out = Vec::new();
-        self.params_mut("", &mut out);
-        out
     }
 
     /// Pad sequences to the longest with `pad_token_id` and build the padding mask.
