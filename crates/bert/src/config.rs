@@ -176,6 +176,11 @@ impl BertConfig {
             self.num_attention_heads
         );
         ensure!(self.vocab_size > 0, "vocab_size must be positive");
+        ensure!(
+            self.layer_norm_eps > 0.0 && self.layer_norm_eps.is_finite(),
+            "layer_norm_eps must be a positive number, got {}",
+            self.layer_norm_eps
+        );
         ensure!(self.type_vocab_size > 0, "type_vocab_size must be positive");
         ensure!(
             (self.pad_token_id as usize) < self.vocab_size,

@@ -99,7 +99,7 @@ impl HfWeights {
     }
 
     /// Fill every parameter of `params` from the tensor stored under the first of its
-    /// `candidates` names, checking shapes; then refuse checkpoint tensors that nothing
+    /// `candidates` names, checking shapes and that every value is finite; then refuse checkpoint tensors that nothing
     /// read, except those `ignored` accepts (buffers, unused aliases). `dir` names the
     /// checkpoint in errors.
     pub fn fill(
@@ -119,6 +119,14 @@ impl HfWeights {
                 bail!(
                     "{}: tensor {found} has shape {shape:?}, but the config needs {expected:?}",
                     dir.display()
+                );
+            }
+            // A NaN or infinite weight would score and train to NaN without a word.
+            if let Some(at) = values.iter().position(|v| !v.is_finite()) {
+                bail!(
+                    "{}: tensor {found} holds {} at flat index {at} (a damaged or diverged checkpoint)",
+                    dir.display(),
+                    values[at]
                 );
             }
             param

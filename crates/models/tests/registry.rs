@@ -226,3 +226,47 @@ fn the_checkpoint_loader_finds_the_renamed_head() {
         .checkpoint_names("lm_head.weight")
         .contains(&"decoder.lm_head.weight".to_string()));
 }
+
+/// A checkpoint with a non-finite weight, or a config with a non-positive norm epsilon,
+/// is refused at load with the file and the tensor or key named — for every
+/// architecture, through the shared checkpoint reader.
+#[test]
+fn non_finite_weights_and_bad_epsilons_are_refused() {
+    use fisherkit_common::st::{self, MappedFile, OwnedTensor};
+    for (name, epsilon_key) in [
+        ("t5-tiny-v10", "layer_norm_epsilon"),
+        ("bert-tiny", "layer_norm_eps"),
+        ("roberta-tiny", "layer_norm_eps"),
+    ] {
+        for bad in [f32::NAN, f32::INFINITY] {
+            let dir = edited_copy(name, |_| {});
+            let weights = dir.path().join("model.safetensors");
+            let file = MappedFile::open(&weights).unwrap();
+            let names = file.names_in_order().unwrap();
+            let victim = names.last().unwrap().clone();
+            let tensors: Vec<(String, OwnedTensor)> = names
+                .iter()
+                .map(|n| {
+                    let (shape, mut values) = file.read_f32(n).unwrap();
+                    if *n == victim {
+                        values[1] = bad;
+                    }
+                    (n.clone(), OwnedTensor::f32(shape, &values))
+                })
+                .collect();
+            drop(file);
+            st::write(&weights, &tensors, Default::default()).unwrap();
+            let msg = error_of(dir.path());
+            assert!(
+                msg.contains(&victim) && msg.contains("flat index 1") && msg.contains("model"),
+                "{name}: {msg}"
+            );
+        }
+        let dir = edited_copy(name, |c| c[epsilon_key] = serde_json::json!(-1.0));
+        let msg = error_of(dir.path());
+        assert!(
+            msg.contains(epsilon_key) && msg.contains("config.json"),
+            "{name}: {msg}"
+        );
+    }
+}

@@ -218,6 +218,12 @@ impl T5Config {
 
     pub fn validate(&self) -> Result<()> {
         FeedForwardKind::parse(&self.feed_forward_proj)?;
+        if !(self.layer_norm_epsilon > 0.0 && self.layer_norm_epsilon.is_finite()) {
+            bail!(
+                "layer_norm_epsilon must be a positive number, got {}",
+                self.layer_norm_epsilon
+            );
+        }
         self.norm_type()?;
         self.share_layers()?;
         let positions = self.position_kind()?;
