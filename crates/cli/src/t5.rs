@@ -1,6 +1,8 @@
 //! `fisherkit init | score | generate | bench t5`: argument parsing and output
 //! formatting. `score` and `generate` load any architecture through the loader registry
-//! (`fisherkit-models`); `init` and `bench t5` build T5s from its presets.
+//! (`fisherkit-models`); `init` builds T5 presets with their switches, other
+//! architectures' presets through the registry, and (`--from`) a new classification head
+//! on a pre-trained encoder; `bench t5` builds T5s.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
