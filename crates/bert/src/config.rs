@@ -230,26 +230,31 @@ impl BertConfig {
         self.max_position_embeddings - self.position_offset()
     }
 
-    /// Checks one example's ids, token types and length.
-    pub fn check_input(&self, example: &Example, index: usize) -> Result<()> {
-        let config = self;
-        let ids = &example.input_ids;
+    /// Ids must be non-empty and inside the vocabulary; errors name `what`.
+    pub fn check_ids(&self, ids: &[u32], what: &str) -> Result<()> {
         ensure!(
             !ids.is_empty(),
-            "input {index}: empty (at least one token is needed)"
+            "empty {what}: at least one token is needed"
         );
-        if let Some(bad) = ids.iter().find(|&&id| id as usize >= config.vocab_size) {
+        if let Some(bad) = ids.iter().find(|&&id| id as usize >= self.vocab_size) {
             bail!(
-                "input {index}: token id {bad} is outside the vocabulary (vocab_size {})",
-                config.vocab_size
+                "{what} token id {bad} is outside the vocabulary (vocab_size {})",
+                self.vocab_size
             );
         }
+        Ok(())
+    }
+
+    /// Checks one example's ids, token types and length.
+    pub fn check_input(&self, example: &Example, index: usize) -> Result<()> {
+        let ids = &example.input_ids;
+        self.check_ids(ids, &format!("input {index}"))?;
         ensure!(
-            ids.len() <= config.max_len(),
+            ids.len() <= self.max_len(),
             "input {index}: {} tokens, but max_position_embeddings {} allows {} (truncate the input)",
             ids.len(),
-            config.max_position_embeddings,
-            config.max_len()
+            self.max_position_embeddings,
+            self.max_len()
         );
         let types = &example.token_type_ids;
         if !types.is_empty() {
@@ -259,13 +264,10 @@ impl BertConfig {
                 types.len(),
                 ids.len()
             );
-            if let Some(bad) = types
-                .iter()
-                .find(|&&t| t as usize >= config.type_vocab_size)
-            {
+            if let Some(bad) = types.iter().find(|&&t| t as usize >= self.type_vocab_size) {
                 bail!(
                     "input {index}: token type {bad}, but the model has type_vocab_size {} (a sentence pair needs a model with token types)",
-                    config.type_vocab_size
+                    self.type_vocab_size
                 );
             }
         }

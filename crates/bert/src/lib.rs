@@ -94,20 +94,7 @@ impl Model for Bert {
     }
 
     fn check_ids(&self, ids: &[u32], what: &str) -> Result<()> {
-        ensure!(
-            !ids.is_empty(),
-            "empty {what}: at least one token is needed"
-        );
-        if let Some(bad) = ids
-            .iter()
-            .find(|&&id| id as usize >= self.config.vocab_size)
-        {
-            bail!(
-                "{what} token id {bad} is outside the vocabulary (vocab_size {})",
-                self.config.vocab_size
-            );
-        }
-        Ok(())
+        self.config.check_ids(ids, what)
     }
 
     /// The head's logits as `[batch, 1, classes]`.

@@ -12,7 +12,7 @@ use anyhow::{bail, ensure, Result};
 use fisherkit_model::burn::module::Module;
 use fisherkit_model::burn::tensor::{DType, Device, Int, Tensor, TensorData};
 use fisherkit_model::{burn, Example};
-use fisherkit_nn::attention::{AttentionShape, MASKED};
+use fisherkit_nn::attention::{token_mask, AttentionShape, MASKED};
 use fisherkit_nn::{
     param_list, Attention, AttentionNames, Dropout, Embedding, FeedForward, FeedForwardNames,
     Linear, Norm, NormKind,
@@ -314,14 +314,7 @@ impl Bert {
         for layer in &encoder.layers {
             x = layer.forward(x, padded.additive_mask.clone(), dropout);
         }
-        let [rows, _, _, len] = padded.additive_mask.dims();
-        let tokens = padded
-            .additive_mask
-            .reshape([rows, len])
-            .equal_elem(0.0)
-            .float()
-            .cast(self.dtype());
-        Ok((x, tokens))
+        Ok((x, token_mask(padded.additive_mask)))
     }
 
     /// The head's logits `[batch, classes]`.

@@ -263,3 +263,28 @@ fn real_minilm_matches_sentence_transformers() {
         assert!(cosine >= 0.9999, "{}: cosine {cosine}", case["file"]);
     }
 }
+
+/// A config whose classes disagree with the head's rows is refused at load, naming the
+/// file and both counts.
+#[test]
+fn num_labels_must_match_the_head() {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(testdata("bert-tiny")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+    }
+    let config_path = dir.path().join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    config["id2label"] = serde_json::json!({"0": "a", "1": "b"});
+    config.as_object_mut().unwrap().remove("label2id");
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let err = format!(
+        "{:#}",
+        checkpoint::load(dir.path(), &Device::flex()).unwrap_err()
+    );
+    assert!(
+        err.contains("config.json") && err.contains("2 classes") && err.contains("3 rows"),
+        "{err}"
+    );
+}

@@ -6,6 +6,9 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 use fisherkit_bert::pooling::Pooling;
+use fisherkit_model::argmax;
+use fisherkit_model::burn::tensor::activation::softmax;
+use fisherkit_model::burn::tensor::Tensor;
 use fisherkit_model::data::read_classification;
 use serde_json::json;
 
@@ -36,24 +39,18 @@ pub fn classify(args: ClassifyArgs) -> Result<()> {
     for_batches(&examples, args.model.batch_size, "inputs", |batch| {
         let logits = model.logits(batch)?;
         let classes = logits.dims()[2];
-        let values = logits
-            .try_into_vec_as::<f32>()
-            .map_err(|e| anyhow::anyhow!("reading logits: {e:?}"))?;
-        Ok(values
+        let read = |t: Tensor<3>| {
+            t.try_into_vec_as::<f32>()
+                .map_err(|e| anyhow::anyhow!("reading logits: {e:?}"))
+        };
+        let probs = read(softmax(logits.clone(), 2))?;
+        let logits = read(logits)?;
+        Ok(logits
             .chunks(classes)
-            .map(|row| {
-                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let exps: Vec<f64> = row.iter().map(|&v| ((v - max) as f64).exp()).collect();
-                let total: f64 = exps.iter().sum();
-                let probs: Vec<f32> = exps.iter().map(|e| (e / total) as f32).collect();
-                let best = probs
-                    .iter()
-                    .enumerate()
-                    .max_by(|a, b| a.1.total_cmp(b.1))
-                    .map(|(i, _)| i)
-                    .unwrap_or(0);
-                json!({"logits": row, "probs": probs, "label": labels[best]})
-            })
+            .zip(probs.chunks(classes))
+            .map(
+                |(row, probs)| json!({"logits": row, "probs": probs, "label": labels[argmax(row)]}),
+            )
             .collect())
     })
 }

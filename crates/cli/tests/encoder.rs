@@ -274,6 +274,19 @@ fn init_new_head_and_presets() {
         err.contains("ids.jsonl:2") && err.contains("\"text\""),
         "{err}"
     );
+    // Text for a model directory without tokenizer.json: the line and the way out.
+    std::fs::write(&ids, "{\"text\": \"a sentence\"}\n").unwrap();
+    let err = fails(&[
+        "classify",
+        "--model",
+        s(&testdata("fixtures/bert-tiny")),
+        "--data",
+        s(&ids),
+    ]);
+    assert!(
+        err.contains("ids.jsonl:1") && err.contains("tokenizer.json") && err.contains("input_ids"),
+        "{err}"
+    );
     let err = fails(&[
         "classify",
         "--model",

@@ -80,18 +80,7 @@ impl ExampleFisher {
 pub fn predictions(log_probs: &[Vec<f32>]) -> Vec<usize> {
     log_probs
         .iter()
-        .map(|row| {
-            row.iter()
-                .enumerate()
-                .fold((0, f32::NEG_INFINITY), |best, (c, &v)| {
-                    if v > best.1 {
-                        (c, v)
-                    } else {
-                        best
-                    }
-                })
-                .0
-        })
+        .map(|row| fisherkit_model::argmax(row))
         .collect()
 }
 

@@ -18,6 +18,18 @@ use crate::Dropout;
 /// underflows to exactly 0, as HF's `finfo.min` does.
 pub const MASKED: f32 = -1e9;
 
+/// The 1/0 token mask `[batch, len]` of an additive padding mask `[batch, 1, 1, len]`
+/// (0 for tokens, [`MASKED`] for padding), in the mask's dtype.
+pub fn token_mask(additive_mask: Tensor<4>) -> Tensor<2> {
+    let [rows, _, _, len] = additive_mask.dims();
+    let dtype = additive_mask.dtype();
+    additive_mask
+        .reshape([rows, len])
+        .equal_elem(0.0)
+        .float()
+        .cast(dtype)
+}
+
 /// Checkpoint names (prefixes) of an attention's parameters, e.g. T5: `q.`, `k.`, `v.`,
 /// `o.`, `relative_attention_bias.`.
 #[derive(Clone, Copy, Debug)]

@@ -144,14 +144,10 @@ impl Model for T5 {
         );
         let inputs: Vec<Vec<u32>> = batch.iter().map(|e| e.input_ids.clone()).collect();
         let encoded = self.encode(&inputs)?;
-        let [rows, _, _, len] = encoded.additive_mask.dims();
-        let tokens = encoded
-            .additive_mask
-            .reshape([rows, len])
-            .equal_elem(0.0)
-            .float()
-            .cast(self.dtype());
-        Ok((encoded.hidden, tokens))
+        Ok((
+            encoded.hidden,
+            fisherkit_nn::attention::token_mask(encoded.additive_mask),
+        ))
     }
 
     fn without_autodiff(&self) -> Box<dyn Model> {

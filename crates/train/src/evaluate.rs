@@ -94,12 +94,7 @@ pub fn predict_classes(
             .try_into_vec_as::<f32>()
             .map_err(|e| anyhow!("reading logits: {e:?}"))?;
         for (&i, row) in chunk.iter().zip(values.chunks(classes)) {
-            out[i] = row
-                .iter()
-                .enumerate()
-                .max_by(|a, b| a.1.total_cmp(b.1))
-                .map(|(c, _)| c)
-                .unwrap_or(0);
+            out[i] = fisherkit_model::argmax(row);
         }
     }
     Ok(out)
