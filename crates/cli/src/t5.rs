@@ -11,6 +11,7 @@ use std::time::Instant;
 use anyhow::{ensure, Context, Result};
 use clap::Args;
 use fisherkit_common::progress;
+use fisherkit_model::data::Targets;
 use fisherkit_model::{
     device_by_name, Example, GenerateOptions, LengthPenalty, Model, ParamAccess, TextTokenizer,
 };
@@ -35,6 +36,11 @@ pub struct InitArgs {
     /// Number of classes of a new head, named LABEL_0, LABEL_1, ... (as transformers).
     #[arg(long)]
     num_labels: Option<usize>,
+    /// How a T5 preset joins inputs and targets: encoder-decoder (default), decoder-only
+    /// (one causal stack over input then target) or prefix-lm (fully visible over the
+    /// input); the config key `architecture`.
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(fisherkit_t5::config::ARCHITECTURES))]
+    arch: Option<String>,
     /// Vocabulary size (default: the tokenizer's size when --tokenizer is given, else the
     /// preset's).
     #[arg(long)]
@@ -113,7 +119,11 @@ pub fn init(args: InitArgs) -> Result<()> {
         labels.is_none(),
         "--labels/--num-labels are for encoders (BERT, RoBERTa); T5 outputs text"
     );
-    let mut settings = Vec::new();
+    let mut settings: Vec<(String, String)> = args
+        .arch
+        .iter()
+        .map(|arch| ("architecture".to_string(), arch.clone()))
+        .collect();
     for (key, value) in [
         ("num_layers", args.layers),
         ("num_decoder_layers", args.layers),
@@ -158,6 +168,10 @@ fn init_other(
     labels: Option<Vec<String>>,
     device: &fisherkit_model::burn::tensor::Device,
 ) -> Result<()> {
+    ensure!(
+        args.arch.is_none(),
+        "--arch chooses between T5's architectures; {preset} is an encoder"
+    );
     ensure!(
         args.layers.is_none() && args.d_ff.is_none() && args.heads.is_none(),
         "--layers, --d-ff and --heads shape T5 presets; set {preset}'s keys with --set (e.g. --set num_hidden_layers=4)"
@@ -238,7 +252,8 @@ impl ModelArgs {
 pub struct ScoreArgs {
     #[command(flatten)]
     model: ModelArgs,
-    /// JSONL: {"input": "...", "target": "..."} or {"input_ids": [...], "target_ids": [...]}.
+    /// JSONL: {"input": "...", "target": "..."} or {"input_ids": [...], "target_ids": [...]};
+    /// for a decoder-only or prefix LM also an input alone, scored token by token.
     #[arg(long)]
     data: PathBuf,
 }
@@ -271,7 +286,7 @@ pub fn score(args: ScoreArgs) -> Result<()> {
         &args.data,
         tokenizer.as_ref(),
         model.vocab_size(),
-        true,
+        Targets::for_model(&*model),
     )?;
     for_batches(&examples, args.model.batch_size, "examples", |batch| {
         let scores = fisherkit_model::score(&*model, batch)?;
@@ -316,7 +331,7 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
             path,
             tokenizer.as_ref(),
             model.vocab_size(),
-            false,
+            Targets::Optional,
         )?,
         (None, Some(text)) => {
             ensure!(!text.trim().is_empty(), "--text is empty");

@@ -453,3 +453,98 @@ fn bad_switches_are_named_errors() {
         "{err}"
     );
 }
+
+/// The T5 paper's single-stack architectures end to end: `init --arch` → 100 AdamW steps
+/// on `{"input", "target"}` (one sequence, the loss on the target) lower the validation
+/// loss; an input alone is scored token by token exactly as its split into the first
+/// token and the rest; `generate` continues ids and prints the new ones only; `fisher`
+/// runs. `--arch` on an encoder preset, and an input alone that is too short, are
+/// refused by name.
+#[test]
+fn decoder_only_and_prefix_lms_train_score_generate_and_fisher() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let suite = dir.join("suite");
+    #[rustfmt::skip]
+    ok(&["tasks", "synthetic", "--out", s(&suite), "--tasks", "reverse",
+        "--train-size", "128", "--valid-size", "16", "--test-size", "1"]);
+    let (train, valid) = (
+        suite.join("reverse/train.jsonl"),
+        suite.join("reverse/valid.jsonl"),
+    );
+    let tok = dir.join("tok.json");
+    #[rustfmt::skip]
+    ok(&["tokenizer", "train", "--input", s(&train), "--vocab-size", "120", "--out", s(&tok)]);
+    let ids = dir.join("ids.jsonl");
+    std::fs::write(
+        &ids,
+        "{\"input_ids\": [5, 9, 3, 17, 2]}\n\n{\"input_ids\": [7, 4]}\n",
+    )
+    .unwrap();
+    let split = dir.join("split.jsonl");
+    std::fs::write(
+        &split,
+        "{\"input_ids\": [5], \"target_ids\": [9, 3, 17, 2]}\n{\"input_ids\": [7], \"target_ids\": [4]}\n",
+    )
+    .unwrap();
+    for arch in ["decoder-only", "prefix-lm"] {
+        let model = dir.join(format!("model-{arch}"));
+        #[rustfmt::skip]
+        ok(&["init", "--preset", "tiny", "--arch", arch, "--seed", "0", "--tokenizer", s(&tok),
+            "--layers", "2", "--d-ff", "64", "--heads", "4", "--set", "d_model=32",
+            "--set", "d_kv=8", "--out", s(&model)]);
+        let config = std::fs::read_to_string(model.join("config.json")).unwrap();
+        assert!(
+            config.contains(&format!("\"architecture\": \"{arch}\"")),
+            "{config}"
+        );
+        let score = |model: &Path, data: &Path| {
+            json_lines(&ok(&["score", "--model", s(model), "--data", s(data)]))
+        };
+        let before = mean_nll(&score(&model, &valid));
+        let run = dir.join(format!("run-{arch}"));
+        #[rustfmt::skip]
+        ok(&["train", "--model", s(&model), "--train", s(&train), "--valid", s(&valid),
+            "--out", s(&run), "--optimizer", "adamw", "--lr", "3e-3", "--steps", "100",
+            "--batch-size", "16", "--log-every", "100", "--seed", "0"]);
+        let trained = run.join("model");
+        let after = mean_nll(&score(&trained, &valid));
+        assert!(after < 0.8 * before, "{arch}: loss {before} → {after}");
+
+        let alone = score(&trained, &ids);
+        assert_eq!(alone, score(&trained, &split), "{arch}");
+        assert_eq!(alone[0]["token_logprobs"].as_array().unwrap().len(), 4);
+
+        #[rustfmt::skip]
+        let generated = json_lines(&ok(&["generate", "--model", s(&trained), "--data", s(&ids),
+            "--max-new-tokens", "3"]));
+        assert_eq!(generated.len(), 2);
+        for line in &generated {
+            let new = line["ids"].as_array().unwrap();
+            assert!(!new.is_empty() && new.len() <= 3, "{arch}: {line}");
+        }
+
+        let fisher = dir.join(format!("fisher-{arch}.safetensors"));
+        #[rustfmt::skip]
+        ok(&["fisher", "--model", s(&trained), "--data", s(&valid), "--top-k-classes", "4",
+            "--out", s(&fisher)]);
+        assert!(fisher.exists());
+    }
+    let short = dir.join("short.jsonl");
+    std::fs::write(&short, "{\"input_ids\": [5, 9]}\n{\"input_ids\": [5]}\n").unwrap();
+    let err = fails(&[
+        "score",
+        "--model",
+        s(&dir.join("run-decoder-only/model")),
+        "--data",
+        s(&short),
+    ]);
+    assert!(
+        err.contains("short.jsonl:2") && err.contains("two tokens"),
+        "{err}"
+    );
+    #[rustfmt::skip]
+    let err = fails(&["init", "--preset", "bert-tiny", "--arch", "decoder-only", "--seed", "0",
+        "--out", s(&dir.join("bert"))]);
+    assert!(err.contains("--arch"), "{err}");
+}

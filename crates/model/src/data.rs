@@ -13,16 +13,39 @@ use serde_json::Value;
 use crate::tokenizer::TextTokenizer;
 use crate::Example;
 
-/// Read examples; `with_targets` demands a target on every line (`score`).
-/// Ids are checked against `vocab_size`; text is tokenized with EOS appended.
+/// What a line of `read_examples` must say about its target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Targets {
+    /// Every line has one (`score`, `train`).
+    Required,
+    /// Targets are read when present (`generate`).
+    Optional,
+    /// A line without a target is an input to score token by token (a decoder-only or
+    /// prefix LM): its first token becomes the input, the rest the target.
+    OrSplitInput,
+}
+
+impl Targets {
+    /// What a model scores or trains on: targets, or (single-stack LMs) inputs alone.
+    pub fn for_model(model: &dyn crate::Model) -> Self {
+        if model.is_decoder_only() {
+            Self::OrSplitInput
+        } else {
+            Self::Required
+        }
+    }
+}
+
+/// Read examples; `targets` says whether each line needs a target. Ids are checked
+/// against `vocab_size`; text is tokenized with EOS appended.
 pub fn read_examples(
     path: &Path,
     tokenizer: Option<&TextTokenizer>,
     vocab_size: usize,
-    with_targets: bool,
+    targets: Targets,
 ) -> Result<Vec<Example>> {
     read_lines(path, |value| {
-        parse_line(value, tokenizer, vocab_size, with_targets)
+        parse_line(value, tokenizer, vocab_size, targets)
     })
 }
 
@@ -40,17 +63,23 @@ fn parse_line(
     value: &Value,
     tokenizer: Option<&TextTokenizer>,
     vocab_size: usize,
-    with_targets: bool,
+    targets: Targets,
 ) -> Result<Example> {
     let object = value.as_object().context("expected a JSON object")?;
-    let input_ids = field_ids(object, "input", tokenizer, vocab_size)?
+    let mut input_ids = field_ids(object, "input", tokenizer, vocab_size)?
         .context("missing \"input\" (text) or \"input_ids\" (list of token ids)")?;
-    let target_ids = match field_ids(object, "target", tokenizer, vocab_size)? {
-        Some(ids) => ids,
-        None if with_targets => {
+    let target_ids = match (field_ids(object, "target", tokenizer, vocab_size)?, targets) {
+        (Some(ids), _) => ids,
+        (None, Targets::Required) => {
             bail!("missing \"target\" (text) or \"target_ids\" (list of token ids)")
         }
-        None => Vec::new(),
+        (None, Targets::Optional) => Vec::new(),
+        (None, Targets::OrSplitInput) => {
+            if input_ids.len() < 2 {
+                bail!("an input without a target is scored token by token and needs at least two tokens");
+            }
+            input_ids.split_off(1)
+        }
     };
     Ok(Example::new(input_ids, target_ids))
 }

@@ -373,6 +373,12 @@ pub trait Model: LogProbModel + std::fmt::Debug + Send {
         TextTokenizer::from_dir(dir, self.special_tokens().eos)
     }
 
+    /// A decoder-only or prefix LM: input and target form one sequence, so an input
+    /// alone can be scored token by token (`fisherkit score` on `{"input_ids": [...]}`).
+    fn is_decoder_only(&self) -> bool {
+        false
+    }
+
     /// Class names of a classification head, by class index (the output distribution of
     /// [`LogProbModel::log_softmax`] at its one target position); empty for models
     /// whose outputs are tokens.

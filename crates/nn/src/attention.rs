@@ -117,14 +117,44 @@ pub fn causal_mask(
     device: &Device,
     dtype: DType,
 ) -> Tensor<4> {
+    let visibility = Mask::Prefix(prefix);
     let mut mask = Vec::with_capacity(queries * keys);
     for q in first_query..first_query + queries {
         for k in 0..keys {
-            mask.push(if k > q && k >= prefix { MASKED } else { 0.0f32 });
+            mask.push(if visibility.hides(q, k) {
+                MASKED
+            } else {
+                0.0f32
+            });
         }
     }
     Tensor::from_data(
         TensorData::new(mask, [1, 1, queries, keys]),
+        (device, dtype),
+    )
+}
+
+/// Additive `[batch, 1, len, len]` self-attention mask of a padded batch of decoder-only
+/// sequences: sequence `b` has `lengths[b]` tokens (later keys are padding) and sees as
+/// `masks[b]` says.
+pub fn lm_mask(
+    lengths: &[usize],
+    masks: &[Mask],
+    len: usize,
+    device: &Device,
+    dtype: DType,
+) -> Tensor<4> {
+    let mut values = Vec::with_capacity(lengths.len() * len * len);
+    for (&length, &visibility) in lengths.iter().zip(masks) {
+        for q in 0..len {
+            for k in 0..len {
+                let hidden = k >= length || visibility.hides(q, k);
+                values.push(if hidden { MASKED } else { 0.0f32 });
+            }
+        }
+    }
+    Tensor::from_data(
+        TensorData::new(values, [lengths.len(), 1, len, len]),
         (device, dtype),
     )
 }
@@ -254,6 +284,20 @@ pub enum Mask {
     All,
     /// Keys up to the query's own position.
     Causal,
+    /// A prefix LM: the first `n` positions see each other, every later one is causal.
+    Prefix(usize),
+}
+
+impl Mask {
+    /// Whether query position `query` must not see key position `key` (the one
+    /// definition the burn masks, [`causal_mask`] and [`lm_mask`], agree with).
+    pub fn hides(self, query: usize, key: usize) -> bool {
+        match self {
+            Mask::All => false,
+            Mask::Causal => key > query,
+            Mask::Prefix(prefix) => key > query && key >= prefix,
+        }
+    }
 }
 
 impl CpuAttention {
@@ -366,7 +410,7 @@ impl CpuAttention {
                         if let Some(b) = bias {
                             *s += b[(h * queries + i) * keys + j];
                         }
-                        if mask == Mask::Causal && j > i {
+                        if mask.hides(i, j) {
                             *s = f32::NEG_INFINITY;
                         }
                     }

@@ -375,7 +375,19 @@ impl CpuStack {
     }
 
     /// The stack over embedded tokens `x` `[rows, d]` (positions `0..rows`).
-    pub fn forward(&self, mut x: Vec<f32>, rows: usize, cross: Option<&[KeyValues]>) -> StackState {
+    pub fn forward(&self, x: Vec<f32>, rows: usize, cross: Option<&[KeyValues]>) -> StackState {
+        self.forward_masked(x, rows, cross, self.mask)
+    }
+
+    /// [`forward`](Self::forward) with the self-attention seeing as `mask` says (a
+    /// prefix LM's prefix depends on the sequence).
+    pub fn forward_masked(
+        &self,
+        mut x: Vec<f32>,
+        rows: usize,
+        cross: Option<&[KeyValues]>,
+        mask: Mask,
+    ) -> StackState {
         let d = x.len() / rows;
         self.positions.forward(&mut x, d);
         let (bias, buckets) = match self.relative_bias() {
@@ -402,8 +414,7 @@ impl CpuStack {
                 let (inner, branch) = match s.inner {
                     Inner::SelfAttention => {
                         let a = s.attention.as_ref().expect("attention");
-                        let (state, out) =
-                            a.forward(normed, rows, bias.as_deref(), self.mask, None);
+                        let (state, out) = a.forward(normed, rows, bias.as_deref(), mask, None);
                         (InnerState::Attention(state), out)
                     }
                     Inner::CrossAttention => {

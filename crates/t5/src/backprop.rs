@@ -8,7 +8,8 @@
 //! gradient is written straight into its slot of the flat vector (slots bound by
 //! parameter identity from the model's one parameter list, see `fisherkit_nn::cpu`).
 //! This file only wires the parts as [`crate::model`] does: embed, encode, cross-attend,
-//! decode, the output head with its `d_model^-½` scale, and the log-softmax objective.
+//! decode (or, for a single-stack LM, run the one stack over input and target), the
+//! output head with its `d_model^-½` scale, and the log-softmax objective.
 //! Tests compare every gradient with burn's autodiff of the same model.
 
 use anyhow::{ensure, Context, Result};
@@ -28,7 +29,8 @@ use crate::model::T5;
 pub struct T5Backprop {
     config: T5Config,
     shared: CpuEmbedding,
-    encoder: CpuStack,
+    /// `None` for a single-stack LM.
+    encoder: Option<CpuStack>,
     decoder: CpuStack,
     head: CpuLinear,
     binder: Binder,
@@ -50,7 +52,7 @@ impl T5Backprop {
         Some(Self {
             config: model.config().clone(),
             shared: model.shared.bind(&binder),
-            encoder: model.encoder.bind(&binder),
+            encoder: model.encoder.as_ref().map(|e| e.bind(&binder)),
             decoder: model.decoder.bind(&binder),
             head,
             binder,
@@ -71,20 +73,47 @@ impl T5Backprop {
 struct DecoderPass {
     embedded: EmbeddingState,
     stack: StackState,
-    /// The (scaled) final hidden states, the input of the output projection.
+    /// The stack's row that predicts the first target token (a single-stack LM's last
+    /// input position; 0 for a decoder).
+    first_row: usize,
+    /// The (scaled) final hidden states of the target positions, the input of the
+    /// output projection.
     head_input: Vec<f32>,
     log_softmax: Vec<f32>,
 }
 
 impl T5Backprop {
-    /// Teacher-forced decoder pass over `target` (shifted right behind the start token).
-    fn decode(&self, target: &[u32], cross: &[KeyValues]) -> DecoderPass {
-        let decoder_ids = self.config.decoder_input(target);
-        let m = decoder_ids.len();
-        let (embedded, x) = self.shared.forward(&decoder_ids);
-        let stack = self.decoder.forward(x, m, Some(cross));
+    /// Teacher-forced decoder pass over `target`: shifted right behind the start token
+    /// and cross-attending to `cross`, or (a single-stack LM, `cross` `None`) behind
+    /// `input` in one sequence.
+    fn decode(
+        &self,
+        input: &[u32],
+        target: &[u32],
+        cross: Option<&[KeyValues]>,
+    ) -> Result<DecoderPass> {
+        let (ids, first_row, mask) = match cross {
+            Some(_) => (self.config.decoder_input(target), 0, None),
+            None => (
+                self.config.lm_sequence(input, target),
+                input.len() - 1,
+                Some(self.config.lm_mask(input.len())?),
+            ),
+        };
+        self.decoder.check_length(ids.len())?;
+        let rows = ids.len();
+        let (embedded, x) = self.shared.forward(&ids);
+        let stack = match mask {
+            Some(mask) => self.decoder.forward_masked(x, rows, None, mask),
+            None => self.decoder.forward(x, rows, cross),
+        };
+        let d = self.config.d_model;
+        let m = target.len();
         let scale = self.output_scale();
-        let head_input: Vec<f32> = stack.output.iter().map(|v| v * scale).collect();
+        let head_input: Vec<f32> = stack.output[first_row * d..(first_row + m) * d]
+            .iter()
+            .map(|v| v * scale)
+            .collect();
         let vocab = self.config.vocab_size;
         let mut log_softmax = self.head.forward(&head_input, m);
         log_softmax.par_chunks_mut(vocab).for_each(|row| {
@@ -92,12 +121,13 @@ impl T5Backprop {
             let log_sum = row.iter().map(|v| (v - max).exp()).sum::<f32>().ln() + max;
             row.iter_mut().for_each(|v| *v -= log_sum);
         });
-        DecoderPass {
+        Ok(DecoderPass {
             embedded,
             stack,
+            first_row,
             head_input,
             log_softmax,
-        }
+        })
     }
 
     /// Backward through one decoder pass for the objective `Σ w · log p_t(c)` over
@@ -106,8 +136,7 @@ impl T5Backprop {
         &self,
         pass: &DecoderPass,
         picks: &[(usize, usize, f32)],
-        cross: &[KeyValues],
-        dcross: &mut [KeyValues],
+        cross: Option<(&[KeyValues], &mut [KeyValues])>,
         grad: &mut Gradient,
     ) -> Result<()> {
         let (d, vocab) = (self.config.d_model, self.config.vocab_size);
@@ -131,17 +160,31 @@ impl T5Backprop {
                         .for_each(|(g, l)| *g -= total * l.exp());
                 }
             });
-        let mut dx = vec![0.0; m * d];
+        // The stack's output gradient: the head's rows, zero at the other positions.
+        let mut doutput = vec![0.0; pass.stack.output.len()];
+        let dx = &mut doutput[pass.first_row * d..(pass.first_row + m) * d];
         self.head
-            .backward(&pass.head_input, &dlogits, m, grad, &mut dx, false);
+            .backward(&pass.head_input, &dlogits, m, grad, dx, false);
         let scale = self.output_scale();
         dx.iter_mut().for_each(|v| *v *= scale);
+        let (cross, dcross) = match cross {
+            Some((cross, dcross)) => (Some(cross), Some(dcross)),
+            None => (None, None),
+        };
         let dembedded = self
             .decoder
-            .backward(&pass.stack, &dx, Some(dcross), Some(cross), grad);
+            .backward(&pass.stack, &doutput, dcross, cross, grad);
         self.shared.backward(&pass.embedded, &dembedded, grad);
         Ok(())
     }
+}
+
+/// The encoder's pass over one input and the cross-attention keys/values it gives every
+/// decoder layer.
+struct EncoderPass {
+    embedded: EmbeddingState,
+    stack: StackState,
+    cross: Vec<KeyValues>,
 }
 
 impl ExampleBackprop for T5Backprop {
@@ -158,21 +201,29 @@ impl ExampleBackprop for T5Backprop {
             "T5 has no token types"
         );
         self.config.check_ids(input, "input")?;
-        self.encoder.check_length(input.len())?;
         for target in targets {
             self.config.check_ids(target, "target")?;
-            // The decoder input is the target shifted right: the same length.
-            self.decoder.check_length(target.len())?;
         }
         let n = input.len();
-        let (embedded, x) = self.shared.forward(input);
-        let encoder = self.encoder.forward(x, n, None);
-        let encoded = &encoder.output;
-        let cross = self.decoder.cross_key_values(encoded, n);
+        let encoded = match &self.encoder {
+            Some(encoder) => {
+                encoder.check_length(n)?;
+                let (embedded, x) = self.shared.forward(input);
+                let stack = encoder.forward(x, n, None);
+                let cross = self.decoder.cross_key_values(&stack.output, n);
+                Some(EncoderPass {
+                    embedded,
+                    stack,
+                    cross,
+                })
+            }
+            None => None,
+        };
+        let cross = encoded.as_ref().map(|e| e.cross.as_slice());
         let passes: Vec<DecoderPass> = targets
             .iter()
-            .map(|target| self.decode(target, &cross))
-            .collect();
+            .map(|target| self.decode(input, target, cross))
+            .collect::<Result<_>>()?;
 
         let rows: Vec<&[f32]> = passes.iter().map(|p| p.log_softmax.as_slice()).collect();
         let objectives = objectives(&rows).context("choosing the classes to differentiate")?;
@@ -184,16 +235,20 @@ impl ExampleBackprop for T5Backprop {
                 targets.len()
             );
             let mut grad = self.binder.gradient();
-            let mut dcross = CpuStack::zero_cross(&cross);
+            let mut dcross = cross.map(CpuStack::zero_cross);
             for (pass, picks) in passes.iter().zip(picks) {
-                self.decode_backward(pass, picks, &cross, &mut dcross, &mut grad)?;
+                let cross = cross.zip(dcross.as_deref_mut());
+                self.decode_backward(pass, picks, cross, &mut grad)?;
             }
-            // The encoder output feeds every decoder layer's cross-attention keys/values.
-            let dencoded = self.decoder.cross_backward(encoded, n, dcross, &mut grad);
-            let dx = self
-                .encoder
-                .backward(&encoder, &dencoded, None, None, &mut grad);
-            self.shared.backward(&embedded, &dx, &mut grad);
+            if let (Some(encoder), Some(e), Some(dcross)) = (&self.encoder, &encoded, dcross) {
+                // The encoder output feeds every decoder layer's cross-attention
+                // keys/values.
+                let dencoded = self
+                    .decoder
+                    .cross_backward(&e.stack.output, n, dcross, &mut grad);
+                let dx = encoder.backward(&e.stack, &dencoded, None, None, &mut grad);
+                self.shared.backward(&e.embedded, &dx, &mut grad);
+            }
             each(index, grad.values)?;
         }
         Ok(())

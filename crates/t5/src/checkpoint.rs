@@ -75,7 +75,11 @@ fn init_of(name: &str, config: &T5Config) -> Result<Init> {
         }
         _ => {}
     }
-    let branches = 2 * config.num_layers + 3 * config.decoder_layers();
+    let branches = if config.is_single_stack() {
+        2 * config.decoder_layers()
+    } else {
+        2 * config.num_layers + 3 * config.decoder_layers()
+    };
     let branch_scale = match leaf {
         "o" | "wo" if fixup => return Ok(Init::Zeros),
         "q" | "k" | "v" | "wi" | "wi_0" | "wi_1" if fixup => (branches as f64).powf(-0.5),

@@ -83,6 +83,11 @@ pub struct T5Config {
     /// key; `None` = `num_heads`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub num_key_value_heads: Option<usize>,
+    /// `encoder-decoder` (T5), `decoder-only` (a causal language model) or `prefix-lm`
+    /// (fully visible over the input, causal over the target): the T5 paper's
+    /// architecture comparison.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub architecture: Option<String>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
@@ -173,6 +178,44 @@ impl NormType {
     }
 }
 
+/// `architecture`: how inputs and targets meet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Architecture {
+    /// The encoder reads the input, the decoder writes the target attending to it.
+    EncoderDecoder,
+    /// One causal stack over the input followed by the target; the loss is on the target.
+    DecoderOnly,
+    /// One stack over the input followed by the target: fully visible over the input
+    /// (the prefix), causal over the target.
+    PrefixLm,
+}
+
+pub const ARCHITECTURES: &[&str] = &["encoder-decoder", "decoder-only", "prefix-lm"];
+
+impl Architecture {
+    pub fn parse(name: &str) -> Result<Self> {
+        Ok(match name {
+            "encoder-decoder" => Self::EncoderDecoder,
+            "decoder-only" => Self::DecoderOnly,
+            "prefix-lm" => Self::PrefixLm,
+            other => bail!(
+                "unknown architecture {other:?}; valid values: {}",
+                ARCHITECTURES.join(", ")
+            ),
+        })
+    }
+
+    /// The `architectures` entry of `config.json` (T5's HF class, fisherkit's names
+    /// for the single-stack models, which transformers has no class for).
+    pub fn class_name(self) -> &'static str {
+        match self {
+            Self::EncoderDecoder => "T5ForConditionalGeneration",
+            Self::DecoderOnly => "FisherkitT5DecoderOnly",
+            Self::PrefixLm => "FisherkitT5PrefixLM",
+        }
+    }
+}
+
 /// `share_layers`: which stacks apply one block at every layer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ShareLayers {
@@ -226,6 +269,7 @@ impl T5Config {
         }
         self.norm_type()?;
         self.share_layers()?;
+        self.architecture()?;
         let positions = self.position_kind()?;
         for (name, value) in [
             ("vocab_size", self.vocab_size),
@@ -311,6 +355,15 @@ impl T5Config {
         ShareLayers::parse(self.share_layers.as_deref().unwrap_or("none"))
     }
 
+    pub fn architecture(&self) -> Result<Architecture> {
+        Architecture::parse(self.architecture.as_deref().unwrap_or("encoder-decoder"))
+    }
+
+    /// A decoder-only or prefix LM: one stack, no encoder.
+    pub fn is_single_stack(&self) -> bool {
+        self.architecture().expect("validated on construction") != Architecture::EncoderDecoder
+    }
+
     pub fn kv_heads(&self) -> usize {
         self.num_key_value_heads.unwrap_or(self.num_heads)
     }
@@ -358,6 +411,24 @@ impl T5Config {
             .collect()
     }
 
+    /// A single-stack LM's teacher-forced sequence: the input, then the target without
+    /// its last token (position `input.len() − 1 + t` predicts `target[t]`).
+    pub fn lm_sequence(&self, input: &[u32], target: &[u32]) -> Vec<u32> {
+        let mut sequence = input.to_vec();
+        sequence.extend_from_slice(&target[..target.len().saturating_sub(1)]);
+        sequence
+    }
+
+    /// What a single-stack LM's positions see when its input has `input_len` tokens.
+    pub fn lm_mask(&self, input_len: usize) -> Result<fisherkit_nn::attention::Mask> {
+        use fisherkit_nn::attention::Mask;
+        Ok(match self.architecture()? {
+            Architecture::DecoderOnly => Mask::Causal,
+            Architecture::PrefixLm => Mask::Prefix(input_len),
+            Architecture::EncoderDecoder => bail!("an encoder-decoder has no single-stack mask"),
+        })
+    }
+
     /// Whether the decoder output is multiplied by d_model^-0.5 before `lm_head`.
     pub fn scales_decoder_output(&self) -> bool {
         self.scale_decoder_outputs
@@ -384,9 +455,18 @@ impl T5Config {
         } else {
             act
         };
-        object
-            .entry("architectures")
-            .or_insert_with(|| Value::from(vec!["T5ForConditionalGeneration"]));
+        let architecture = self.architecture().expect("validated on construction");
+        if architecture == Architecture::EncoderDecoder {
+            object
+                .entry("architectures")
+                .or_insert_with(|| Value::from(vec![architecture.class_name()]));
+        } else {
+            object.insert(
+                "architectures".into(),
+                vec![architecture.class_name()].into(),
+            );
+            object.insert("is_encoder_decoder".into(), false.into());
+        }
         object.insert("dense_act_fn".into(), dense_act_fn.into());
         object.insert("is_gated_act".into(), kind.gated.into());
         value
@@ -405,6 +485,7 @@ impl T5Config {
             embedding_dim: Some(0),
             share_layers: Some(String::new()),
             num_key_value_heads: Some(0),
+            architecture: Some(String::new()),
             ..Self::default()
         };
         let value = serde_json::to_value(&all).expect("config serialises");

@@ -7,6 +7,8 @@ use crate::config::T5Config;
 
 /// One teacher-forced forward pass over `batch` examples of `input_len` input and
 /// `target_len` target tokens (every position of the padded lengths, masked ones too).
+/// A single-stack LM runs its stack over `input_len + target_len − 1` positions and the
+/// head over the target positions.
 pub fn forward(config: &T5Config, batch: usize, input_len: usize, target_len: usize) -> f64 {
     let (d, ff) = (config.d_model as f64, config.d_ff as f64);
     let inner = config.inner_dim() as f64;
@@ -22,22 +24,30 @@ pub fn forward(config: &T5Config, batch: usize, input_len: usize, target_len: us
     let projections = 2.0 * d * inner + 2.0 * d * kv_inner;
     // Scores q·k and the weighted values: heads × d_kv multiply-adds each per query-key pair.
     let attention = |queries: usize, keys: usize| 2.0 * (batch * queries * keys) as f64 * inner;
+    let width = config.embedding_width() as f64;
+    let factorise = |tokens: f64| {
+        if config.embedding_width() != config.d_model {
+            tokens * width * d
+        } else {
+            0.0
+        }
+    };
+    let head = targets * d * config.vocab_size as f64;
+    if config.is_single_stack() {
+        let len = (input_len + target_len).saturating_sub(1);
+        let tokens = (batch * len) as f64;
+        let layer = tokens * (projections + feed_forward) + attention(len, len);
+        return 2.0 * (config.decoder_layers() as f64 * layer + factorise(tokens) + head);
+    }
     let encoder_layer = inputs * (projections + feed_forward) + attention(input_len, input_len);
     let decoder_layer = targets * (projections + feed_forward)
         + attention(target_len, target_len)
         + targets * 2.0 * d * inner
         + inputs * 2.0 * d * kv_inner
         + attention(target_len, input_len);
-    let width = config.embedding_width() as f64;
-    let factorised = if config.embedding_width() != config.d_model {
-        (inputs + targets) * width * d
-    } else {
-        0.0
-    };
-    let head = targets * d * config.vocab_size as f64;
     2.0 * (config.num_layers as f64 * encoder_layer
         + config.decoder_layers() as f64 * decoder_layer
-        + factorised
+        + factorise(inputs + targets)
         + head)
 }
 
@@ -65,6 +75,21 @@ mod tests {
         let hand = 2.0 * (encoder + decoder + head) as f64;
         assert_eq!(forward(&config, 8, 128, 32), hand);
         assert!((hand / 1e9 - 66.9).abs() < 0.05, "{hand}");
+    }
+
+    /// A decoder-only t5-small over 128 + 32 tokens: one 6-layer stack over 159 positions
+    /// without cross-attention, the head over the 32 target positions.
+    #[test]
+    fn decoder_only_forward_matches_a_hand_count() {
+        let mut config = T5Config::preset("t5-small").unwrap();
+        config.architecture = Some("decoder-only".into());
+        let per_token: u64 = 4 * 512 * 512 + 2 * 512 * 2048;
+        let layer = 8 * 159 * per_token + 2 * 8 * 159 * 159 * 512;
+        let head: u64 = 8 * 32 * 512 * 32128;
+        assert_eq!(
+            forward(&config, 8, 128, 32),
+            2.0 * (6 * layer + head) as f64
+        );
     }
 
     /// Grouped-query heads shrink k and v; a gated feed-forward has three matrices.

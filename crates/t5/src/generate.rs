@@ -1,6 +1,9 @@
 //! Greedy and beam-search decoding with Hugging Face conventions, incremental: the
-//! encoder and the cross-attention keys/values run once per batch, and each step feeds
-//! only the newest token through the decoder with cached self-attention keys/values.
+//! encoder and the cross-attention keys/values (or a single-stack LM's prompt) run once
+//! per batch, and each step feeds only the newest token through the decoder with cached
+//! self-attention keys/values.
+
+use std::collections::BTreeMap;
 
 use anyhow::{ensure, Result};
 use fisherkit_model::burn::tensor::activation::log_softmax;
@@ -8,7 +11,7 @@ use fisherkit_model::burn::tensor::{Int, Tensor, TensorData};
 
 use fisherkit_model::GenerateOptions;
 
-use crate::model::T5;
+use crate::model::{DecoderCache, T5};
 
 /// What a decoder step returns per row.
 #[derive(Clone, Copy, PartialEq)]
@@ -20,21 +23,15 @@ enum StepScores {
     LogProbs,
 }
 
-/// Run one decoder step for `tokens` (one per row) and return the scores per row, with
-/// EOS forbidden (HF's min-length processor sets its score to -inf) while `forbid_eos`.
+/// The logits `[rows, vocab]` of one step as scores per row, with EOS forbidden (HF's
+/// min-length processor sets its score to -inf) while `forbid_eos`.
 fn step_scores(
     model: &T5,
-    cache: &mut crate::model::DecoderCache,
-    tokens: &[u32],
+    logits: Tensor<2>,
     forbid_eos: bool,
     kind: StepScores,
 ) -> Result<Vec<Vec<f32>>> {
-    let device = model.device();
-    let ids: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
-    let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [tokens.len(), 1]), &device);
-    let logits = model.decode(cache, ids)?;
-    let [rows, _, vocab] = logits.dims();
-    let logits = logits.reshape([rows, vocab]);
+    let [_, vocab] = logits.dims();
     let scores = match kind {
         StepScores::Logits => logits,
         StepScores::LogProbs => log_softmax(logits, 1),
@@ -53,16 +50,6 @@ fn step_scores(
         .collect())
 }
 
-fn argmax(row: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &v) in row.iter().enumerate() {
-        if v > row[best] {
-            best = i;
-        }
-    }
-    best as u32
-}
-
 /// Decode a batch of inputs; returns the generated ids per input (start token excluded,
 /// EOS included when produced).
 pub fn generate(
@@ -79,30 +66,72 @@ pub fn generate(
     // products, and issued from outside the pool each one wakes the workers and puts the
     // caller to sleep (measured: the decoding loop runs ~20 % faster on a worker).
     rayon::scope(|_| {
-        if options.num_beams == 1 {
-            greedy(model, inputs, options)
-        } else {
-            beam_search(model, inputs, options)
+        if model.encoder.is_some() {
+            return decode_batch(model, inputs, options);
         }
+        // A single-stack LM continues each prompt at its own position: prompts of one
+        // length decode together.
+        let mut by_length: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+        for (i, input) in inputs.iter().enumerate() {
+            by_length.entry(input.len()).or_default().push(i);
+        }
+        let mut outputs = vec![Vec::new(); inputs.len()];
+        for indices in by_length.into_values() {
+            let group: Vec<Vec<u32>> = indices.iter().map(|&i| inputs[i].clone()).collect();
+            for (i, output) in indices
+                .into_iter()
+                .zip(decode_batch(model, &group, options)?)
+            {
+                outputs[i] = output;
+            }
+        }
+        Ok(outputs)
     })
+}
+
+fn decode_batch(
+    model: &T5,
+    inputs: &[Vec<u32>],
+    options: &GenerateOptions,
+) -> Result<Vec<Vec<u32>>> {
+    if options.num_beams == 1 {
+        greedy(model, inputs, options)
+    } else {
+        beam_search(model, inputs, options)
+    }
+}
+
+/// The logits of step `step`: the first step's from starting, later ones by feeding
+/// `last`.
+fn next_logits(
+    model: &T5,
+    cache: &mut DecoderCache,
+    first: &mut Option<Tensor<2>>,
+    last: &[u32],
+) -> Result<Tensor<2>> {
+    match first.take() {
+        Some(logits) => Ok(logits),
+        None => model.decode_step(cache, last),
+    }
 }
 
 fn greedy(model: &T5, inputs: &[Vec<u32>], options: &GenerateOptions) -> Result<Vec<Vec<u32>>> {
     let config = model.config();
-    let encoded = model.encode(inputs)?;
-    let mut cache = model.start_decoding(&encoded);
+    let (mut cache, first) = model.begin_decoding(inputs)?;
+    let mut first = Some(first);
     let mut outputs: Vec<Vec<u32>> = vec![Vec::new(); inputs.len()];
     let mut finished = vec![false; inputs.len()];
-    let mut last = vec![config.decoder_start_token_id; inputs.len()];
+    let mut last = vec![config.pad_token_id; inputs.len()];
     for step in 0..options.max_new_tokens {
         let forbid_eos = step < options.min_new_tokens;
-        let rows = step_scores(model, &mut cache, &last, forbid_eos, StepScores::Logits)?;
+        let logits = next_logits(model, &mut cache, &mut first, &last)?;
+        let rows = step_scores(model, logits, forbid_eos, StepScores::Logits)?;
         for (i, row) in rows.iter().enumerate() {
             // Finished rows keep decoding padding (as HF does) but nothing is recorded.
             let token = if finished[i] {
                 config.pad_token_id
             } else {
-                argmax(row)
+                fisherkit_model::argmax(row) as u32
             };
             if !finished[i] {
                 outputs[i].push(token);
@@ -147,13 +176,15 @@ fn beam_search(
 ) -> Result<Vec<Vec<u32>>> {
     let config = model.config();
     let k = options.num_beams;
-    let encoded = model.encode(inputs)?;
-    let mut cache = model.start_decoding(&encoded);
+    let (mut cache, first) = model.begin_decoding(inputs)?;
     // Every input's row is repeated K times: row b*K + j is beam j of input b.
     let rows: Vec<usize> = (0..inputs.len())
         .flat_map(|b| std::iter::repeat_n(b, k))
         .collect();
     cache.select_rows(&rows);
+    let index: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
+    let index = Tensor::<1, Int>::from_data(TensorData::new(index, [rows.len()]), &model.device());
+    let mut first = Some(first.select(0, index));
     let mut beams: Vec<Vec<u32>> = vec![Vec::new(); inputs.len() * k];
     // Only beam 0 is live at the start, so the first step does not pick K copies.
     let mut scores: Vec<f64> = (0..inputs.len() * k)
@@ -165,10 +196,11 @@ fn beam_search(
             num_beams: k,
         })
         .collect();
-    let mut last = vec![config.decoder_start_token_id; inputs.len() * k];
+    let mut last = vec![config.pad_token_id; inputs.len() * k];
     for step in 0..options.max_new_tokens {
         let forbid_eos = step < options.min_new_tokens;
-        let log_probs = step_scores(model, &mut cache, &last, forbid_eos, StepScores::LogProbs)?;
+        let logits = next_logits(model, &mut cache, &mut first, &last)?;
+        let log_probs = step_scores(model, logits, forbid_eos, StepScores::LogProbs)?;
         let mut next_rows = Vec::with_capacity(inputs.len() * k);
         let mut next_beams = Vec::with_capacity(inputs.len() * k);
         let mut next_scores = Vec::with_capacity(inputs.len() * k);

@@ -1,5 +1,6 @@
 //! T5 encoder–decoder on burn: Hugging Face checkpoints, exact teacher-forced scoring,
-//! greedy and beam decoding.
+//! greedy and beam decoding — and the T5 paper's decoder-only and prefix LMs from the
+//! same parts (config `architecture`).
 //!
 //! - [`T5Config`]: `config.json` with HF defaults, and presets.
 //! - [`T5`]: the model (v1.0 and v1.1/Flan), implementing the architecture-neutral
@@ -94,7 +95,10 @@ impl Model for T5 {
         SpecialTokens {
             pad: self.config.pad_token_id,
             eos: self.config.eos_token_id,
-            decoder_start: Some(self.config.decoder_start_token_id),
+            decoder_start: self
+                .encoder
+                .is_some()
+                .then_some(self.config.decoder_start_token_id),
         }
     }
 
@@ -143,11 +147,16 @@ impl Model for T5 {
             "T5 has no token types: give sentence pairs as one text"
         );
         let inputs: Vec<Vec<u32>> = batch.iter().map(|e| e.input_ids.clone()).collect();
+        // A single-stack LM has no encoder: `encode` says so.
         let encoded = self.encode(&inputs)?;
         Ok((
             encoded.hidden,
             fisherkit_nn::attention::token_mask(encoded.additive_mask),
         ))
+    }
+
+    fn is_decoder_only(&self) -> bool {
+        self.encoder.is_none()
     }
 
     fn without_autodiff(&self) -> Box<dyn Model> {

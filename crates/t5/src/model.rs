@@ -9,11 +9,11 @@
 //! and saving never transpose. Every parameter is listed once under its HF name by
 //! [`T5::named_params`], in checkpoint order.
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context as _, Result};
 use fisherkit_model::burn;
 use fisherkit_model::burn::module::Module;
 use fisherkit_model::burn::tensor::{DType, Device, Int, Tensor, TensorData};
-use fisherkit_nn::attention::{causal_mask, AttentionShape};
+use fisherkit_nn::attention::{causal_mask, lm_mask, AttentionShape, Mask};
 use fisherkit_nn::position::{Buckets, Rotary};
 use fisherkit_nn::stack::{Context, SublayerNames};
 use fisherkit_nn::{
@@ -22,7 +22,7 @@ use fisherkit_nn::{
     Residual, Stack, Sublayer,
 };
 
-use crate::config::T5Config;
+use crate::config::{Architecture, T5Config};
 
 pub use fisherkit_nn::attention::MASKED;
 pub use fisherkit_nn::position::relative_position_bucket;
@@ -48,22 +48,35 @@ const fn sublayer_names(inner: &'static str) -> SublayerNames {
     }
 }
 
+/// Which stack [`stack`] builds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    Encoder,
+    /// The decoder of an encoder–decoder: causal, cross-attending to the encoder.
+    Decoder,
+    /// The one stack of a decoder-only or prefix LM (named and sized as a decoder).
+    SingleStack(Architecture),
+}
+
 /// The blocks of one stack (encoder: self-attention and feed-forward; decoder: self-,
-/// cross-attention and feed-forward), as the config's switches shape them.
-fn stack(config: &T5Config, decoder: bool, device: &Device) -> Result<Stack> {
+/// cross-attention and feed-forward; a single-stack LM: self-attention and
+/// feed-forward, causal), as the config's switches shape them.
+fn stack(config: &T5Config, role: Role, device: &Device) -> Result<Stack> {
     let norm_type = config.norm_type()?;
     let positions = config.position_kind()?;
     let share = config.share_layers()?;
-    let depth = if decoder {
-        config.decoder_layers()
-    } else {
-        config.num_layers
+    let (depth, shared) = match role {
+        Role::Encoder => (config.num_layers, share.encoder),
+        Role::Decoder | Role::SingleStack(_) => (config.decoder_layers(), share.decoder),
     };
-    let shared = if decoder {
-        share.decoder
-    } else {
-        share.encoder
-    };
+    let causal = role != Role::Encoder;
+    let cross_attention = role == Role::Decoder;
+    // Relative positions tell left from right where a query sees later keys: in the
+    // encoder, and over a prefix LM's prefix.
+    let bidirectional = matches!(
+        role,
+        Role::Encoder | Role::SingleStack(Architecture::PrefixLm)
+    );
     let distinct = if shared { 1 } else { depth };
     let d = config.d_model;
     let norm = || {
@@ -108,7 +121,7 @@ fn stack(config: &T5Config, decoder: bool, device: &Device) -> Result<Stack> {
                 let buckets = Buckets {
                     num_buckets: config.relative_attention_num_buckets,
                     max_distance: config.relative_attention_max_distance,
-                    bidirectional: !decoder,
+                    bidirectional,
                 };
                 RelativeBias::new(buckets, config.num_heads, device)
             });
@@ -120,7 +133,7 @@ fn stack(config: &T5Config, decoder: bool, device: &Device) -> Result<Stack> {
                 "SelfAttention.",
                 Some(self_attention),
             )];
-            if decoder {
+            if cross_attention {
                 let cross = Attention::new(attention_shape(false), None, ATTENTION_NAMES, device);
                 layers.push(sublayer(
                     Inner::CrossAttention,
@@ -137,7 +150,7 @@ fn stack(config: &T5Config, decoder: bool, device: &Device) -> Result<Stack> {
         depth,
         norm(),
         Positions::new(positions, config.max_positions(), d, device),
-        decoder,
+        causal,
     ))
 }
 
@@ -158,38 +171,51 @@ pub struct Encoded {
     pub additive_mask: Tensor<4>,
 }
 
+/// Cross-attention keys/values of every decoder layer, computed once from the encoder
+/// output, and the encoder's padding mask.
+#[derive(Clone, Debug)]
+struct CrossMemory {
+    key_values: Vec<KeyValue>,
+    mask: Tensor<4>,
+}
+
 /// Incremental decoding state: self-attention keys/values of the positions decoded so
-/// far and cross-attention keys/values computed once from the encoder output.
+/// far and (encoder–decoder) the cross-attention memory.
 #[derive(Clone, Debug)]
 pub struct DecoderCache {
     self_kv: Vec<Option<KeyValue>>,
-    cross_kv: Vec<KeyValue>,
-    cross_mask: Tensor<4>,
+    cross: Option<CrossMemory>,
     /// Number of positions already decoded.
     position: usize,
+    /// Positions every query sees (a prefix LM's prompt); 0: causal.
+    prefix: usize,
+    device: Device,
 }
 
 impl DecoderCache {
     /// Keep/duplicate batch rows (beam search reordering).
     pub fn select_rows(&mut self, rows: &[usize]) {
-        let device = self.cross_mask.device();
         let index: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
-        let index = Tensor::<1, Int>::from_data(TensorData::new(index, [rows.len()]), &device);
+        let index = Tensor::<1, Int>::from_data(TensorData::new(index, [rows.len()]), &self.device);
         for kv in self.self_kv.iter_mut().flatten() {
             *kv = kv.select_rows(&index);
         }
-        for kv in &mut self.cross_kv {
-            *kv = kv.select_rows(&index);
+        if let Some(cross) = &mut self.cross {
+            for kv in &mut cross.key_values {
+                *kv = kv.select_rows(&index);
+            }
+            cross.mask = cross.mask.clone().select(0, index);
         }
-        self.cross_mask = self.cross_mask.clone().select(0, index);
     }
 }
 
-/// T5ForConditionalGeneration.
+/// T5ForConditionalGeneration, or (config `architecture`) a decoder-only or prefix LM
+/// built from the same parts: one stack named `decoder.` without cross-attention.
 #[derive(Module, Debug)]
 pub struct T5 {
     pub shared: Embedding,
-    pub encoder: Stack,
+    /// `None` for a single-stack LM.
+    pub encoder: Option<Stack>,
     pub decoder: Stack,
     /// `None` when tied to `shared`.
     pub lm_head: Option<Linear>,
@@ -201,7 +227,7 @@ pub struct T5 {
 
 param_list!(root T5 {
     child "shared." => shared,
-    child "encoder." => encoder,
+    optional_child "encoder." => encoder,
     child "decoder." => decoder,
     optional_child "lm_head." => lm_head,
 });
@@ -217,10 +243,18 @@ impl T5 {
             untied_lm_head || width == d,
             "a factorised embedding (embedding_dim {width} != d_model {d}) cannot be tied to the output head"
         );
+        let architecture = config.architecture()?;
+        let (encoder, decoder) = match architecture {
+            Architecture::EncoderDecoder => (
+                Some(stack(config, Role::Encoder, device)?),
+                stack(config, Role::Decoder, device)?,
+            ),
+            single => (None, stack(config, Role::SingleStack(single), device)?),
+        };
         Ok(Self {
             shared: Embedding::new(vocab, width, d, device),
-            encoder: stack(config, false, device)?,
-            decoder: stack(config, true, device)?,
+            encoder,
+            decoder,
             lm_head: untied_lm_head.then(|| Linear::new(d, vocab, false, device)),
             config: config.clone(),
             training: false,
@@ -276,13 +310,24 @@ impl T5 {
         })
     }
 
+    /// The encoder; an error for a single-stack LM.
+    fn encoder(&self) -> Result<&Stack> {
+        self.encoder.as_ref().with_context(|| {
+            format!(
+                "a {} model has no encoder",
+                self.config.architecture.as_deref().unwrap_or_default()
+            )
+        })
+    }
+
     /// Run the encoder over a batch of unpadded input id sequences.
     pub fn encode(&self, inputs: &[Vec<u32>]) -> Result<Encoded> {
+        let encoder = self.encoder()?;
         let padded = self.pad(inputs, "input")?;
         let len = padded.ids.dims()[1];
-        self.encoder.positions.check_length(len)?;
+        encoder.positions.check_length(len)?;
         let mut self_bias = padded.additive_mask.clone();
-        if let Some(relative) = self.encoder.relative_bias(0, len, len) {
+        if let Some(relative) = encoder.relative_bias(0, len, len) {
             self_bias = self_bias + relative;
         }
         let ctx = Context {
@@ -291,10 +336,8 @@ impl T5 {
             cross: None,
             dropout: self.dropout(),
         };
-        let mut cache = vec![None; self.encoder.depth()];
-        let hidden = self
-            .encoder
-            .forward(self.shared.forward(padded.ids), &mut cache, &ctx);
+        let mut cache = vec![None; encoder.depth()];
+        let hidden = encoder.forward(self.shared.forward(padded.ids), &mut cache, &ctx);
         Ok(Encoded {
             hidden,
             additive_mask: padded.additive_mask,
@@ -306,9 +349,57 @@ impl T5 {
     pub fn start_decoding(&self, encoded: &Encoded) -> DecoderCache {
         DecoderCache {
             self_kv: vec![None; self.decoder.depth()],
-            cross_kv: self.decoder.cross_key_values(&encoded.hidden),
-            cross_mask: encoded.additive_mask.clone(),
+            cross: Some(CrossMemory {
+                key_values: self.decoder.cross_key_values(&encoded.hidden),
+                mask: encoded.additive_mask.clone(),
+            }),
             position: 0,
+            prefix: 0,
+            device: self.device(),
+        }
+    }
+
+    /// The decoder's final hidden states `[batch, len, d_model]` over `decoder_ids`
+    /// continuing from `cache`.
+    fn decode_hidden(
+        &self,
+        cache: &mut DecoderCache,
+        decoder_ids: Tensor<2, Int>,
+    ) -> Result<Tensor<3>> {
+        let len = decoder_ids.dims()[1];
+        let first = cache.position;
+        self.decoder.positions.check_length(first + len)?;
+        let device = self.device();
+        let mut self_bias =
+            causal_mask(first, len, first + len, cache.prefix, &device, self.dtype());
+        if let Some(relative) = self.decoder.relative_bias(first, len, first + len) {
+            self_bias = self_bias + relative;
+        }
+        let ctx = Context {
+            first,
+            self_bias,
+            cross: cache
+                .cross
+                .as_ref()
+                .map(|c| (c.key_values.as_slice(), c.mask.clone())),
+            dropout: self.dropout(),
+        };
+        let hidden =
+            self.decoder
+                .forward(self.shared.forward(decoder_ids), &mut cache.self_kv, &ctx);
+        cache.position += len;
+        Ok(hidden)
+    }
+
+    /// The output head over final hidden states (with T5's `d_model^-½` before a tied
+    /// head).
+    fn head(&self, mut hidden: Tensor<3>) -> Tensor<3> {
+        if self.config.scales_decoder_output() {
+            hidden = hidden * (self.config.d_model as f64).powf(-0.5);
+        }
+        match &self.lm_head {
+            Some(head) => head.forward(hidden),
+            None => self.shared.tied_head(hidden),
         }
     }
 
@@ -320,31 +411,121 @@ impl T5 {
         cache: &mut DecoderCache,
         decoder_ids: Tensor<2, Int>,
     ) -> Result<Tensor<3>> {
-        let len = decoder_ids.dims()[1];
-        let first = cache.position;
-        self.decoder.positions.check_length(first + len)?;
-        let device = self.device();
-        let mut self_bias = causal_mask(first, len, first + len, 0, &device, self.dtype());
-        if let Some(relative) = self.decoder.relative_bias(first, len, first + len) {
+        let hidden = self.decode_hidden(cache, decoder_ids)?;
+        Ok(self.head(hidden))
+    }
+
+    /// Start generating from `inputs`: the decoding state and the logits `[batch,
+    /// vocab]` of the first new token. An encoder–decoder encodes the inputs and feeds
+    /// `decoder_start_token_id`; a single-stack LM reads the inputs (all of one length)
+    /// as the prompt, which a prefix LM sees fully.
+    pub fn begin_decoding(&self, inputs: &[Vec<u32>]) -> Result<(DecoderCache, Tensor<2>)> {
+        let architecture = self.config.architecture()?;
+        if architecture == Architecture::EncoderDecoder {
+            let encoded = self.encode(inputs)?;
+            let mut cache = self.start_decoding(&encoded);
+            let start = vec![self.config.decoder_start_token_id; inputs.len()];
+            let logits = self.decode_step(&mut cache, &start)?;
+            return Ok((cache, logits));
+        }
+        let prompt = inputs.first().map_or(0, Vec::len);
+        ensure!(
+            inputs.iter().all(|i| i.len() == prompt),
+            "prompts decoded together must have one length"
+        );
+        let padded = self.pad(inputs, "input")?;
+        let mut cache = DecoderCache {
+            self_kv: vec![None; self.decoder.depth()],
+            cross: None,
+            position: 0,
+            prefix: if architecture == Architecture::PrefixLm {
+                prompt
+            } else {
+                0
+            },
+            device: self.device(),
+        };
+        let hidden = self.decode_hidden(&mut cache, padded.ids)?;
+        let last = hidden.narrow(1, prompt - 1, 1);
+        let logits = self
+            .head(last)
+            .reshape([inputs.len(), self.config.vocab_size]);
+        Ok((cache, logits))
+    }
+
+    /// One decoding step: feed one token per row, return the logits `[batch, vocab]` of
+    /// the next.
+    pub fn decode_step(&self, cache: &mut DecoderCache, tokens: &[u32]) -> Result<Tensor<2>> {
+        let ids: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
+        let ids =
+            Tensor::<2, Int>::from_data(TensorData::new(ids, [tokens.len(), 1]), &self.device());
+        let logits = self.decode(cache, ids)?;
+        let [rows, _, vocab] = logits.dims();
+        Ok(logits.reshape([rows, vocab]))
+    }
+
+    /// Final hidden states `[batch, len, d_model]` of a single-stack LM over padded
+    /// `sequences`, each seeing as its [`Mask`] says (every position, the padding's too:
+    /// what the mask tests read).
+    pub fn sequence_hidden(&self, sequences: &[Vec<u32>], masks: &[Mask]) -> Result<Tensor<3>> {
+        ensure!(
+            self.encoder.is_none(),
+            "sequence_hidden is for single-stack LMs"
+        );
+        let padded = self.pad(sequences, "sequence")?;
+        let len = padded.ids.dims()[1];
+        self.decoder.positions.check_length(len)?;
+        let lengths: Vec<usize> = sequences.iter().map(Vec::len).collect();
+        let mut self_bias = lm_mask(&lengths, masks, len, &self.device(), self.dtype());
+        if let Some(relative) = self.decoder.relative_bias(0, len, len) {
             self_bias = self_bias + relative;
         }
         let ctx = Context {
-            first,
+            first: 0,
             self_bias,
-            cross: Some((&cache.cross_kv, cache.cross_mask.clone())),
+            cross: None,
             dropout: self.dropout(),
         };
-        let mut hidden =
-            self.decoder
-                .forward(self.shared.forward(decoder_ids), &mut cache.self_kv, &ctx);
-        cache.position += len;
-        if self.config.scales_decoder_output() {
-            hidden = hidden * (self.config.d_model as f64).powf(-0.5);
+        let mut cache = vec![None; self.decoder.depth()];
+        Ok(self
+            .decoder
+            .forward(self.shared.forward(padded.ids), &mut cache, &ctx))
+    }
+
+    /// Teacher-forced logits `[batch, max_target_len, vocab]` of a single-stack LM: the
+    /// input followed by the target (its last token dropped) is one sequence, and the
+    /// position before each target token predicts it.
+    fn single_stack_logits(&self, inputs: &[Vec<u32>], targets: &[Vec<u32>]) -> Result<Tensor<3>> {
+        let mut sequences = Vec::with_capacity(inputs.len());
+        let mut masks = Vec::with_capacity(inputs.len());
+        for (input, target) in inputs.iter().zip(targets) {
+            self.config.check_ids(input, "input")?;
+            sequences.push(self.config.lm_sequence(input, target));
+            masks.push(self.config.lm_mask(input.len())?);
         }
-        Ok(match &self.lm_head {
-            Some(head) => head.forward(hidden),
-            None => self.shared.tied_head(hidden),
-        })
+        let hidden = self.sequence_hidden(&sequences, &masks)?;
+        let [batch, len, d] = hidden.dims();
+        let width = targets.iter().map(Vec::len).max().unwrap_or(0);
+        // Row of each target position in the flattened [batch · len, d] states (padded
+        // target positions read row 0: finite, ignored).
+        let mut rows = Vec::with_capacity(batch * width);
+        for (b, (input, target)) in inputs.iter().zip(targets).enumerate() {
+            for t in 0..width {
+                let row = if t < target.len() {
+                    b * len + input.len() - 1 + t
+                } else {
+                    0
+                };
+                rows.push(row as i64);
+            }
+        }
+        let rows =
+            Tensor::<1, Int>::from_data(TensorData::new(rows, [batch * width]), &self.device());
+        let picked = hidden
+            .reshape([batch * len, d])
+            .select(0, rows)
+            .reshape([batch, width, d]);
+        Ok(self.head(picked))
     }
 
     /// Teacher-forced logits `[batch, max_target_len, vocab]`: the decoder input is each
@@ -362,6 +543,9 @@ impl T5 {
         );
         for target in targets {
             self.config.check_ids(target, "target")?;
+        }
+        if self.encoder.is_none() {
+            return self.single_stack_logits(inputs, targets);
         }
         let encoded = self.encode(inputs)?;
         let shifted: Vec<Vec<u32>> = targets

@@ -201,6 +201,40 @@ fn backprop_equals_autodiff_for_every_switch() {
     }
 }
 
+/// The decoder-only and prefix LMs (one stack over input and target, the head on the
+/// target positions) with a tied ReLU and an untied gated head, and with rotary
+/// positions and shared layers, agree with autodiff.
+#[test]
+fn backprop_equals_autodiff_for_single_stack_lms() {
+    let device = Device::flex().autodiff();
+    for architecture in ["decoder-only", "prefix-lm"] {
+        for gated in [false, true] {
+            let mut config = micro_config(gated);
+            config.architecture = Some(architecture.into());
+            // Two layers: the second reads prefix states that saw later prefix tokens.
+            config.num_decoder_layers = Some(2);
+            let model = checkpoint::init(&config, gated, 11, &device).unwrap();
+            check_backprop(&model, &format!("{architecture} gated={gated}"));
+        }
+        for settings in [
+            vec![
+                ("position_embedding_type", "rotary"),
+                ("d_kv", "4"),
+                ("num_decoder_layers", "2"),
+            ],
+            vec![("share_layers", "all"), ("num_decoder_layers", "2")],
+        ] {
+            let mut settings: Vec<(String, String)> = settings
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            settings.push(("architecture".into(), architecture.into()));
+            let label = format!("{settings:?}");
+            check_backprop(&switch_model(&settings, 11, &device), &label);
+        }
+    }
+}
+
 #[test]
 fn training_mode_and_other_dtypes_fall_back_to_autodiff() {
     let device = Device::flex().autodiff();

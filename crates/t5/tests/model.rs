@@ -138,6 +138,21 @@ fn finite_difference_gradients_f64() {
     }
 }
 
+/// The decoder-only and prefix LMs' burn forward: autodiff against finite differences.
+#[test]
+fn finite_difference_gradients_f64_for_single_stack_lms() {
+    for architecture in ["decoder-only", "prefix-lm"] {
+        for gated in [false, true] {
+            let mut config = micro_config(gated);
+            config.architecture = Some(architecture.into());
+            config.num_decoder_layers = Some(2);
+            let device = Device::flex().autodiff();
+            let mut model = checkpoint::init(&config, gated, 7, &device).unwrap();
+            check_finite_differences(&mut model, &format!("{architecture} gated={gated}"));
+        }
+    }
+}
+
 /// Every transformer-modification switch: autodiff of the burn forward against
 /// finite differences, and every parameter reached by the loss.
 #[test]

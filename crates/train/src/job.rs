@@ -70,8 +70,12 @@ pub fn read_data(
         return fisherkit_model::data::read_classification(path, tokenizer, Some(labels), true);
     }
     let eos = model.special_tokens().eos;
-    let mut examples =
-        fisherkit_model::data::read_examples(path, tokenizer, model.vocab_size(), true)?;
+    let mut examples = fisherkit_model::data::read_examples(
+        path,
+        tokenizer,
+        model.vocab_size(),
+        fisherkit_model::data::Targets::for_model(model),
+    )?;
     let (mut cut_in, mut cut_tgt) = (0, 0);
     for (i, e) in examples.iter_mut().enumerate() {
         ensure!(
