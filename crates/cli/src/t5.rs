@@ -353,6 +353,7 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
         },
         max_new_tokens: args.max_new_tokens,
         min_new_tokens: 0,
+        sampling: None,
     };
     for_batches(&examples, args.model.batch_size, "inputs", |batch| {
         let inputs: Vec<Vec<u32>> = batch.iter().map(|e| e.input_ids.clone()).collect();
@@ -436,9 +437,10 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         length_penalty: LengthPenalty::Power(1.0),
         max_new_tokens: shape.target_len,
         min_new_tokens: shape.target_len,
+        sampling: None,
     };
     let generate_s = best_time(args.repeats, || {
-        fisherkit_t5::generate(&model, &inputs, &options).map(|_| ())
+        fisherkit_model::generate::generate(&model, &inputs, &options).map(|_| ())
     })?;
     let forward_tokens = shape.batch * (shape.input_len + shape.target_len);
     let forward = fisherkit_model::peak::Workload {

@@ -25,7 +25,7 @@
 
 pub mod checkpoint;
 pub mod data;
-mod generate;
+pub mod generate;
 mod linear;
 pub mod peak;
 pub mod tokenizer;
@@ -36,7 +36,7 @@ use anyhow::{bail, ensure, Context, Result};
 pub use burn;
 use burn::module::Param;
 use burn::tensor::{DType, Device, Element, Gradients, Int, Tensor, TensorData};
-pub use generate::{GenerateOptions, LengthPenalty};
+pub use generate::{GenerateOptions, LengthPenalty, Sampling};
 pub use linear::{linear, matmul_transposed, FEW_ROWS};
 pub use tokenizer::TextTokenizer;
 

@@ -22,6 +22,7 @@ pub mod cpu;
 pub mod embedding;
 pub mod feed_forward;
 pub mod linear;
+pub mod lm;
 pub mod norm;
 pub mod position;
 pub mod residual;
@@ -35,7 +36,7 @@ pub use linear::Linear;
 pub use norm::{Norm, NormKind};
 pub use position::{PositionKind, Positions, RelativeBias};
 pub use residual::{Residual, ResidualKind};
-pub use stack::{Block, Inner, Stack, Sublayer};
+pub use stack::{Block, BlockNames, Inner, Stack, StackNames, Sublayer, SublayerNames};
 
 use fisherkit_model::burn::module::Param;
 use fisherkit_model::burn::tensor::{Device, Distribution, Tensor, TensorData};
@@ -47,7 +48,9 @@ use rayon::prelude::*;
 /// Entries: `param "name" => field`, `optional "name" => field` (an `Option<Param>`),
 /// `child "prefix." => field` (a part with its own list), `optional_child "prefix." =>
 /// field` (an `Option` of one), `children "prefix." => field` (a `Vec` of parts,
-/// numbered). A name may also be `[names.key]`: the string in the part's `names` field.
+/// numbered), `sequence [names.key] => field` (a `Vec` of parts numbered under the
+/// `Option` name, or all under the parent's prefix when it is `None`). A name may also be
+/// `[names.key]`: the string in the part's `names` field.
 /// `param_list!(root Model { ... })` also gives a whole model `named_params` /
 /// `named_params_mut`: the lists from the empty prefix.
 #[macro_export]
@@ -103,6 +106,18 @@ macro_rules! param_list {
     (@walk $s:ident, $p:ident, $o:ident, $f:ident, $K:ident, [$($b:tt)*], children $name:tt => $field:ident, $($rest:tt)*) => {
         for (i, child) in ($($b)* $s.$field).into_iter().enumerate() {
             child.$f(&format!("{}{}{}.", $p, $crate::param_list!(@name $s, $name), i), $o);
+        }
+        $crate::param_list!(@walk $s, $p, $o, $f, $K, [$($b)*], $($rest)*);
+    };
+    (@walk $s:ident, $p:ident, $o:ident, $f:ident, $K:ident, [$($b:tt)*], sequence [names . $key:ident] => $field:ident, $($rest:tt)*) => {
+        // Numbered under the name when there is one, else all under the parent's prefix.
+        let name: Option<&str> = $s.names.$key;
+        for (i, child) in ($($b)* $s.$field).into_iter().enumerate() {
+            let prefix = match name {
+                Some(name) => format!("{}{}{}.", $p, name, i),
+                None => $p.to_string(),
+            };
+            child.$f(&prefix, $o);
         }
         $crate::param_list!(@walk $s, $p, $o, $f, $K, [$($b)*], $($rest)*);
     };

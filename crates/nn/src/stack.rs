@@ -142,12 +142,35 @@ impl Sublayer {
     }
 }
 
+/// Checkpoint names of a block's sublayers: T5 numbers them (`layer.0.`, `layer.1.`, ...);
+/// Llama names each directly under the block (`self_attn.`, `mlp.`).
+#[derive(Clone, Copy, Debug)]
+pub struct BlockNames {
+    pub sublayers: Option<&'static str>,
+}
+
 #[derive(Module, Debug)]
 pub struct Block {
     pub layers: Vec<Sublayer>,
+    #[module(skip)]
+    names: BlockNames,
 }
 
-crate::param_list!(Block { children "layer." => layers, });
+crate::param_list!(Block { sequence [names.sublayers] => layers, });
+
+impl Block {
+    pub fn new(layers: Vec<Sublayer>, names: BlockNames) -> Self {
+        Self { layers, names }
+    }
+}
+
+/// Checkpoint names inside a stack, e.g. T5: `block.` (numbered), `final_layer_norm.`;
+/// Llama: `layers.`, `norm.`.
+#[derive(Clone, Copy, Debug)]
+pub struct StackNames {
+    pub blocks: &'static str,
+    pub final_norm: &'static str,
+}
 
 #[derive(Module, Debug)]
 pub struct Stack {
@@ -161,11 +184,13 @@ pub struct Stack {
     /// Self-attention sees only earlier positions (a decoder).
     #[module(skip)]
     causal: bool,
+    #[module(skip)]
+    names: StackNames,
 }
 
 crate::param_list!(Stack {
-    children "block." => blocks,
-    optional_child "final_layer_norm." => final_norm,
+    children [names.blocks] => blocks,
+    optional_child [names.final_norm] => final_norm,
     child "" => positions,
 });
 
@@ -176,6 +201,7 @@ impl Stack {
         final_norm: Option<Norm>,
         positions: Positions,
         causal: bool,
+        names: StackNames,
     ) -> Self {
         assert!(!blocks.is_empty() && depth.is_multiple_of(blocks.len()));
         Self {
@@ -184,6 +210,7 @@ impl Stack {
             positions,
             depth,
             causal,
+            names,
         }
     }
 

@@ -411,14 +411,6 @@ impl T5Config {
             .collect()
     }
 
-    /// A single-stack LM's teacher-forced sequence: the input, then the target without
-    /// its last token (position `input.len() − 1 + t` predicts `target[t]`).
-    pub fn lm_sequence(&self, input: &[u32], target: &[u32]) -> Vec<u32> {
-        let mut sequence = input.to_vec();
-        sequence.extend_from_slice(&target[..target.len().saturating_sub(1)]);
-        sequence
-    }
-
     /// What a single-stack LM's positions see when its input has `input_len` tokens.
     pub fn lm_mask(&self, input_len: usize) -> Result<fisherkit_nn::attention::Mask> {
         use fisherkit_nn::attention::Mask;

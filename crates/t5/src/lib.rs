@@ -6,14 +6,14 @@
 //! - [`T5`]: the model (v1.0 and v1.1/Flan), implementing the architecture-neutral
 //!   [`fisherkit_model::Model`] (the loader registry `fisherkit-models` hands it out).
 //! - [`checkpoint`]: load/save of the HF layout, reference initialisation.
-//! - [`generate`]: greedy and beam search with cached keys/values.
+//! - generation: [`fisherkit_model::generate`] over the model's
+//!   [`IncrementalDecoder`](fisherkit_model::generate::IncrementalDecoder) (cached keys/values).
 //! - [`backprop`]: per-example gradients by a hand-written backward pass (CPU, f32).
 
 pub mod backprop;
 pub mod checkpoint;
 pub mod config;
 pub mod flops;
-pub mod generate;
 pub mod model;
 
 use std::path::{Path, PathBuf};
@@ -26,7 +26,6 @@ use fisherkit_model::{Example, LoadModel, LogProbModel, Model, ParamMut, ParamRe
 
 pub use config::T5Config;
 pub use fisherkit_model::{score, GenerateOptions, LengthPenalty, TextTokenizer};
-pub use generate::generate;
 pub use model::{relative_position_bucket, T5};
 
 /// `config.json`'s `model_type` of T5 checkpoints.
@@ -127,7 +126,7 @@ impl Model for T5 {
     }
 
     fn generate(&self, inputs: &[Vec<u32>], options: &GenerateOptions) -> Result<Vec<Vec<u32>>> {
-        generate::generate(self, inputs, options)
+        fisherkit_model::generate::generate(self, inputs, options)
     }
 
     fn save_checkpoint(

@@ -13,13 +13,16 @@ use anyhow::{ensure, Context as _, Result};
 use fisherkit_model::burn;
 use fisherkit_model::burn::module::Module;
 use fisherkit_model::burn::tensor::{DType, Device, Int, Tensor, TensorData};
-use fisherkit_nn::attention::{causal_mask, lm_mask, AttentionShape, Mask};
+use fisherkit_model::generate::{step_ids, IncrementalDecoder};
+use fisherkit_model::{Model, SpecialTokens};
+use fisherkit_nn::attention::{AttentionShape, Mask};
+use fisherkit_nn::lm::{lm_target_hidden, CrossMemory, DecodeCache, OutputHead};
 use fisherkit_nn::position::{Buckets, Rotary};
-use fisherkit_nn::stack::{Context, SublayerNames};
+use fisherkit_nn::stack::Context;
 use fisherkit_nn::{
-    param_list, Attention, AttentionNames, Block, Dropout, Embedding, FeedForward,
-    FeedForwardNames, Inner, KeyValue, Linear, Norm, PositionKind, Positions, RelativeBias,
-    Residual, Stack, Sublayer,
+    param_list, Attention, AttentionNames, Block, BlockNames, Dropout, Embedding, FeedForward,
+    FeedForwardNames, Inner, Linear, Norm, PositionKind, Positions, RelativeBias, Residual, Stack,
+    StackNames, Sublayer, SublayerNames,
 };
 
 use crate::config::{Architecture, T5Config};
@@ -40,6 +43,13 @@ const FEED_FORWARD_NAMES: FeedForwardNames = FeedForwardNames {
     gate_act: "wi_0.",
     gate_linear: "wi_1.",
     output: "wo.",
+};
+const BLOCK_NAMES: BlockNames = BlockNames {
+    sublayers: Some("layer."),
+};
+const STACK_NAMES: StackNames = StackNames {
+    blocks: "block.",
+    final_norm: "final_layer_norm.",
 };
 const fn sublayer_names(inner: &'static str) -> SublayerNames {
     SublayerNames {
@@ -142,7 +152,7 @@ fn stack(config: &T5Config, role: Role, device: &Device) -> Result<Stack> {
                 ));
             }
             layers.push(sublayer(Inner::FeedForward, "DenseReluDense.", None));
-            Block { layers }
+            Block::new(layers, BLOCK_NAMES)
         })
         .collect();
     Ok(Stack::new(
@@ -151,6 +161,7 @@ fn stack(config: &T5Config, role: Role, device: &Device) -> Result<Stack> {
         norm(),
         Positions::new(positions, config.max_positions(), d, device),
         causal,
+        STACK_NAMES,
     ))
 }
 
@@ -169,44 +180,6 @@ pub struct Encoded {
     pub hidden: Tensor<3>,
     /// `[batch, 1, 1, input_len]`.
     pub additive_mask: Tensor<4>,
-}
-
-/// Cross-attention keys/values of every decoder layer, computed once from the encoder
-/// output, and the encoder's padding mask.
-#[derive(Clone, Debug)]
-struct CrossMemory {
-    key_values: Vec<KeyValue>,
-    mask: Tensor<4>,
-}
-
-/// Incremental decoding state: self-attention keys/values of the positions decoded so
-/// far and (encoder–decoder) the cross-attention memory.
-#[derive(Clone, Debug)]
-pub struct DecoderCache {
-    self_kv: Vec<Option<KeyValue>>,
-    cross: Option<CrossMemory>,
-    /// Number of positions already decoded.
-    position: usize,
-    /// Positions every query sees (a prefix LM's prompt); 0: causal.
-    prefix: usize,
-    device: Device,
-}
-
-impl DecoderCache {
-    /// Keep/duplicate batch rows (beam search reordering).
-    pub fn select_rows(&mut self, rows: &[usize]) {
-        let index: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
-        let index = Tensor::<1, Int>::from_data(TensorData::new(index, [rows.len()]), &self.device);
-        for kv in self.self_kv.iter_mut().flatten() {
-            *kv = kv.select_rows(&index);
-        }
-        if let Some(cross) = &mut self.cross {
-            for kv in &mut cross.key_values {
-                *kv = kv.select_rows(&index);
-            }
-            cross.mask = cross.mask.clone().select(0, index);
-        }
-    }
 }
 
 /// T5ForConditionalGeneration, or (config `architecture`) a decoder-only or prefix LM
@@ -346,60 +319,24 @@ impl T5 {
 
     /// A fresh decoding state over `encoded`: cross-attention keys/values are computed
     /// here, once.
-    pub fn start_decoding(&self, encoded: &Encoded) -> DecoderCache {
-        DecoderCache {
-            self_kv: vec![None; self.decoder.depth()],
-            cross: Some(CrossMemory {
-                key_values: self.decoder.cross_key_values(&encoded.hidden),
-                mask: encoded.additive_mask.clone(),
-            }),
-            position: 0,
-            prefix: 0,
-            device: self.device(),
-        }
-    }
-
-    /// The decoder's final hidden states `[batch, len, d_model]` over `decoder_ids`
-    /// continuing from `cache`.
-    fn decode_hidden(
-        &self,
-        cache: &mut DecoderCache,
-        decoder_ids: Tensor<2, Int>,
-    ) -> Result<Tensor<3>> {
-        let len = decoder_ids.dims()[1];
-        let first = cache.position;
-        self.decoder.positions.check_length(first + len)?;
-        let device = self.device();
-        let mut self_bias =
-            causal_mask(first, len, first + len, cache.prefix, &device, self.dtype());
-        if let Some(relative) = self.decoder.relative_bias(first, len, first + len) {
-            self_bias = self_bias + relative;
-        }
-        let ctx = Context {
-            first,
-            self_bias,
-            cross: cache
-                .cross
-                .as_ref()
-                .map(|c| (c.key_values.as_slice(), c.mask.clone())),
-            dropout: self.dropout(),
+    pub fn start_decoding(&self, encoded: &Encoded) -> DecodeCache {
+        let memory = CrossMemory {
+            key_values: self.decoder.cross_key_values(&encoded.hidden),
+            mask: encoded.additive_mask.clone(),
         };
-        let hidden =
-            self.decoder
-                .forward(self.shared.forward(decoder_ids), &mut cache.self_kv, &ctx);
-        cache.position += len;
-        Ok(hidden)
+        DecodeCache::new(&self.decoder, Some(memory), 0, &self.device())
     }
 
-    /// The output head over final hidden states (with T5's `d_model^-½` before a tied
-    /// head).
-    fn head(&self, mut hidden: Tensor<3>) -> Tensor<3> {
-        if self.config.scales_decoder_output() {
-            hidden = hidden * (self.config.d_model as f64).powf(-0.5);
-        }
-        match &self.lm_head {
-            Some(head) => head.forward(hidden),
-            None => self.shared.tied_head(hidden),
+    /// The output head (with T5's `d_model^-½` before a tied head).
+    pub(crate) fn output_head(&self) -> OutputHead<'_> {
+        OutputHead {
+            embedding: &self.shared,
+            lm_head: self.lm_head.as_ref(),
+            scale: if self.config.scales_decoder_output() {
+                (self.config.d_model as f64).powf(-0.5)
+            } else {
+                1.0
+            },
         }
     }
 
@@ -408,60 +345,13 @@ impl T5 {
     /// Returns the logits `[batch, len, vocab]`.
     pub fn decode(
         &self,
-        cache: &mut DecoderCache,
+        cache: &mut DecodeCache,
         decoder_ids: Tensor<2, Int>,
     ) -> Result<Tensor<3>> {
-        let hidden = self.decode_hidden(cache, decoder_ids)?;
-        Ok(self.head(hidden))
-    }
-
-    /// Start generating from `inputs`: the decoding state and the logits `[batch,
-    /// vocab]` of the first new token. An encoder–decoder encodes the inputs and feeds
-    /// `decoder_start_token_id`; a single-stack LM reads the inputs (all of one length)
-    /// as the prompt, which a prefix LM sees fully.
-    pub fn begin_decoding(&self, inputs: &[Vec<u32>]) -> Result<(DecoderCache, Tensor<2>)> {
-        let architecture = self.config.architecture()?;
-        if architecture == Architecture::EncoderDecoder {
-            let encoded = self.encode(inputs)?;
-            let mut cache = self.start_decoding(&encoded);
-            let start = vec![self.config.decoder_start_token_id; inputs.len()];
-            let logits = self.decode_step(&mut cache, &start)?;
-            return Ok((cache, logits));
-        }
-        let prompt = inputs.first().map_or(0, Vec::len);
-        ensure!(
-            inputs.iter().all(|i| i.len() == prompt),
-            "prompts decoded together must have one length"
-        );
-        let padded = self.pad(inputs, "input")?;
-        let mut cache = DecoderCache {
-            self_kv: vec![None; self.decoder.depth()],
-            cross: None,
-            position: 0,
-            prefix: if architecture == Architecture::PrefixLm {
-                prompt
-            } else {
-                0
-            },
-            device: self.device(),
-        };
-        let hidden = self.decode_hidden(&mut cache, padded.ids)?;
-        let last = hidden.narrow(1, prompt - 1, 1);
-        let logits = self
-            .head(last)
-            .reshape([inputs.len(), self.config.vocab_size]);
-        Ok((cache, logits))
-    }
-
-    /// One decoding step: feed one token per row, return the logits `[batch, vocab]` of
-    /// the next.
-    pub fn decode_step(&self, cache: &mut DecoderCache, tokens: &[u32]) -> Result<Tensor<2>> {
-        let ids: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
-        let ids =
-            Tensor::<2, Int>::from_data(TensorData::new(ids, [tokens.len(), 1]), &self.device());
-        let logits = self.decode(cache, ids)?;
-        let [rows, _, vocab] = logits.dims();
-        Ok(logits.reshape([rows, vocab]))
+        let hidden =
+            self.decoder
+                .decode(self.shared.forward(decoder_ids), cache, self.dropout())?;
+        Ok(self.output_head().forward(hidden))
     }
 
     /// Final hidden states `[batch, len, d_model]` of a single-stack LM over padded
@@ -473,59 +363,13 @@ impl T5 {
             "sequence_hidden is for single-stack LMs"
         );
         let padded = self.pad(sequences, "sequence")?;
-        let len = padded.ids.dims()[1];
-        self.decoder.positions.check_length(len)?;
         let lengths: Vec<usize> = sequences.iter().map(Vec::len).collect();
-        let mut self_bias = lm_mask(&lengths, masks, len, &self.device(), self.dtype());
-        if let Some(relative) = self.decoder.relative_bias(0, len, len) {
-            self_bias = self_bias + relative;
-        }
-        let ctx = Context {
-            first: 0,
-            self_bias,
-            cross: None,
-            dropout: self.dropout(),
-        };
-        let mut cache = vec![None; self.decoder.depth()];
-        Ok(self
-            .decoder
-            .forward(self.shared.forward(padded.ids), &mut cache, &ctx))
-    }
-
-    /// Teacher-forced logits `[batch, max_target_len, vocab]` of a single-stack LM: the
-    /// input followed by the target (its last token dropped) is one sequence, and the
-    /// position before each target token predicts it.
-    fn single_stack_logits(&self, inputs: &[Vec<u32>], targets: &[Vec<u32>]) -> Result<Tensor<3>> {
-        let mut sequences = Vec::with_capacity(inputs.len());
-        let mut masks = Vec::with_capacity(inputs.len());
-        for (input, target) in inputs.iter().zip(targets) {
-            self.config.check_ids(input, "input")?;
-            sequences.push(self.config.lm_sequence(input, target));
-            masks.push(self.config.lm_mask(input.len())?);
-        }
-        let hidden = self.sequence_hidden(&sequences, &masks)?;
-        let [batch, len, d] = hidden.dims();
-        let width = targets.iter().map(Vec::len).max().unwrap_or(0);
-        // Row of each target position in the flattened [batch · len, d] states (padded
-        // target positions read row 0: finite, ignored).
-        let mut rows = Vec::with_capacity(batch * width);
-        for (b, (input, target)) in inputs.iter().zip(targets).enumerate() {
-            for t in 0..width {
-                let row = if t < target.len() {
-                    b * len + input.len() - 1 + t
-                } else {
-                    0
-                };
-                rows.push(row as i64);
-            }
-        }
-        let rows =
-            Tensor::<1, Int>::from_data(TensorData::new(rows, [batch * width]), &self.device());
-        let picked = hidden
-            .reshape([batch * len, d])
-            .select(0, rows)
-            .reshape([batch, width, d]);
-        Ok(self.head(picked))
+        self.decoder.sequences(
+            self.shared.forward(padded.ids),
+            &lengths,
+            masks,
+            self.dropout(),
+        )
     }
 
     /// Teacher-forced logits `[batch, max_target_len, vocab]`: the decoder input is each
@@ -545,7 +389,23 @@ impl T5 {
             self.config.check_ids(target, "target")?;
         }
         if self.encoder.is_none() {
-            return self.single_stack_logits(inputs, targets);
+            let masks = inputs
+                .iter()
+                .map(|input| {
+                    self.config.check_ids(input, "input")?;
+                    self.config.lm_mask(input.len())
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let hidden = lm_target_hidden(
+                &self.shared,
+                &self.decoder,
+                inputs,
+                targets,
+                &masks,
+                self.config.pad_token_id,
+                self.dropout(),
+            )?;
+            return Ok(self.output_head().forward(hidden));
         }
         let encoded = self.encode(inputs)?;
         let shifted: Vec<Vec<u32>> = targets
@@ -555,5 +415,54 @@ impl T5 {
         let decoder_ids = self.pad(&shifted, "target")?.ids;
         let mut cache = self.start_decoding(&encoded);
         self.decode(&mut cache, decoder_ids)
+    }
+}
+
+impl IncrementalDecoder for T5 {
+    type Cache = DecodeCache;
+
+    /// An encoder–decoder encodes the inputs and feeds `decoder_start_token_id`; a
+    /// single-stack LM reads the inputs (all of one length) as the prompt, which a prefix
+    /// LM sees fully.
+    fn begin(&self, inputs: &[Vec<u32>]) -> Result<(DecodeCache, Tensor<2>)> {
+        if self.encoder.is_some() {
+            let encoded = self.encode(inputs)?;
+            let mut cache = self.start_decoding(&encoded);
+            let start = vec![self.config.decoder_start_token_id; inputs.len()];
+            let logits = self.step(&mut cache, &start)?;
+            return Ok((cache, logits));
+        }
+        let prompt = inputs.first().map_or(0, Vec::len);
+        let prefix = match self.config.lm_mask(prompt)? {
+            Mask::Prefix(prefix) => prefix,
+            _ => 0,
+        };
+        let padded = self.pad(inputs, "input")?;
+        let mut cache = DecodeCache::new(&self.decoder, None, prefix, &self.device());
+        let logits = self.output_head().after_prompt(
+            &self.decoder,
+            &mut cache,
+            padded.ids,
+            self.dropout(),
+        )?;
+        Ok((cache, logits))
+    }
+
+    fn step(&self, cache: &mut DecodeCache, tokens: &[u32]) -> Result<Tensor<2>> {
+        let ids = step_ids(tokens, &self.device());
+        self.output_head()
+            .after_prompt(&self.decoder, cache, ids, self.dropout())
+    }
+
+    fn select_rows(&self, cache: &mut DecodeCache, rows: &[usize]) {
+        cache.select_rows(rows);
+    }
+
+    fn special_tokens(&self) -> SpecialTokens {
+        Model::special_tokens(self)
+    }
+
+    fn one_length_batches(&self) -> bool {
+        self.encoder.is_none()
     }
 }

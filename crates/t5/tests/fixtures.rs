@@ -7,7 +7,8 @@ use std::path::PathBuf;
 
 use fisherkit_model::burn::tensor::Device;
 use fisherkit_model::Example;
-use fisherkit_t5::{checkpoint, generate, GenerateOptions, LengthPenalty, T5};
+use fisherkit_model::generate::generate;
+use fisherkit_t5::{checkpoint, GenerateOptions, LengthPenalty, T5};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -103,6 +104,7 @@ fn check_fixture(name: &str) {
         length_penalty: LengthPenalty::Power(0.0),
         max_new_tokens: 16,
         min_new_tokens: 0,
+        sampling: None,
     };
     let got = generate(&model, &inputs, &beam).unwrap();
     for (i, (case, ids)) in fixture.cases.iter().zip(&got).enumerate() {

@@ -178,6 +178,7 @@ fn cached_greedy_decoding_equals_recomputation() {
         length_penalty: LengthPenalty::Power(1.0),
         max_new_tokens: 6,
         min_new_tokens: 0,
+        sampling: None,
     };
     for architecture in SINGLE_STACKS {
         let model = lm(architecture, 13);
@@ -212,6 +213,7 @@ fn wide_beam_search_finds_the_best_continuation() {
         length_penalty: LengthPenalty::Power(0.0),
         max_new_tokens: 2,
         min_new_tokens: 0,
+        sampling: None,
     };
     let prompts = vec![vec![5u32, 9, 3], vec![12, 4, 7]];
     for architecture in SINGLE_STACKS {

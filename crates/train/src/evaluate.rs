@@ -49,6 +49,7 @@ pub fn generate_ids(
         },
         max_new_tokens: opts.max_new_tokens,
         min_new_tokens: 0,
+        sampling: None,
     };
     let mut out = vec![Vec::new(); inputs.len()];
     for chunk in order.chunks(opts.batch_size.max(1)) {
