@@ -36,23 +36,30 @@ pub fn classify(args: ClassifyArgs) -> Result<()> {
         args.model.model.display()
     );
     let examples = read_classification(&args.data, tokenizer.as_ref(), Some(&labels), false)?;
-    for_batches(&examples, args.model.batch_size, "inputs", |batch| {
-        let logits = model.logits(batch)?;
-        let classes = logits.dims()[2];
-        let read = |t: Tensor<3>| {
-            t.try_into_vec_as::<f32>()
-                .map_err(|e| anyhow::anyhow!("reading logits: {e:?}"))
-        };
-        let probs = read(softmax(logits.clone(), 2))?;
-        let logits = read(logits)?;
-        Ok(logits
+    let source = args.data.display().to_string();
+    for_batches(
+        &examples,
+        args.model.batch_size,
+        "inputs",
+        &source,
+        |batch| {
+            let logits = model.logits(batch)?;
+            let classes = logits.dims()[2];
+            let read = |t: Tensor<3>| {
+                t.try_into_vec_as::<f32>()
+                    .map_err(|e| anyhow::anyhow!("reading logits: {e:?}"))
+            };
+            let probs = read(softmax(logits.clone(), 2))?;
+            let logits = read(logits)?;
+            Ok(logits
             .chunks(classes)
             .zip(probs.chunks(classes))
             .map(
                 |(row, probs)| json!({"logits": row, "probs": probs, "label": labels[argmax(row)]}),
             )
             .collect())
-    })
+        },
+    )
 }
 
 #[derive(Args, Debug)]
@@ -70,20 +77,27 @@ pub fn embed(args: EmbedArgs) -> Result<()> {
     let (model, tokenizer) = args.model.load()?;
     let pooling = Pooling::from_dir(&args.model.model)?;
     let examples = read_classification(&args.data, tokenizer.as_ref(), None, false)?;
-    for_batches(&examples, args.model.batch_size, "inputs", |batch| {
-        let (hidden, _) = model.encoder_states(batch)?;
-        let [_, len, d] = hidden.dims();
-        let values = hidden
-            .try_into_vec_as::<f32>()
-            .map_err(|e| anyhow::anyhow!("reading hidden states: {e:?}"))?;
-        Ok(batch
-            .iter()
-            .enumerate()
-            .map(|(i, example)| {
-                let start = i * len * d;
-                let tokens = &values[start..start + example.input_ids.len() * d];
-                json!({"embedding": pooling.pool(tokens, d)})
-            })
-            .collect())
-    })
+    let source = args.data.display().to_string();
+    for_batches(
+        &examples,
+        args.model.batch_size,
+        "inputs",
+        &source,
+        |batch| {
+            let (hidden, _) = model.encoder_states(batch)?;
+            let [_, len, d] = hidden.dims();
+            let values = hidden
+                .try_into_vec_as::<f32>()
+                .map_err(|e| anyhow::anyhow!("reading hidden states: {e:?}"))?;
+            Ok(batch
+                .iter()
+                .enumerate()
+                .map(|(i, example)| {
+                    let start = i * len * d;
+                    let tokens = &values[start..start + example.input_ids.len() * d];
+                    json!({"embedding": pooling.pool(tokens, d)})
+                })
+                .collect())
+        },
+    )
 }

@@ -13,7 +13,8 @@ use clap::Args;
 use fisherkit_common::progress;
 use fisherkit_model::data::Targets;
 use fisherkit_model::{
-    device_by_name, Example, GenerateOptions, LengthPenalty, Model, ParamAccess, TextTokenizer,
+    device_by_name, Example, GenerateOptions, LengthPenalty, Model, ParamAccess, Sampling,
+    TextTokenizer,
 };
 use fisherkit_t5::checkpoint;
 use fisherkit_t5::T5Config;
@@ -259,18 +260,26 @@ pub struct ScoreArgs {
 }
 
 /// Run `work` over `examples` in batches with a progress bar, printing one JSON line per
-/// example in input order.
+/// example in input order. An error names `source` and the batch's examples.
 pub(crate) fn for_batches(
     examples: &[Example],
     batch_size: usize,
     unit: &str,
+    source: &str,
     mut work: impl FnMut(&[Example]) -> Result<Vec<serde_json::Value>>,
 ) -> Result<()> {
     let bar = progress::bar(examples.len() as u64, unit);
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    for batch in examples.chunks(batch_size) {
-        for line in work(batch)? {
+    for (index, batch) in examples.chunks(batch_size).enumerate() {
+        let first = index * batch_size + 1;
+        let lines = work(batch).with_context(|| {
+            format!(
+                "{source}: {unit} {first}–{} (JSON lines, blank lines not counted)",
+                first + batch.len() - 1
+            )
+        })?;
+        for line in lines {
             writeln!(out, "{line}")?;
         }
         out.flush()?;
@@ -288,16 +297,23 @@ pub fn score(args: ScoreArgs) -> Result<()> {
         model.vocab_size(),
         Targets::for_model(&*model),
     )?;
-    for_batches(&examples, args.model.batch_size, "examples", |batch| {
-        let scores = fisherkit_model::score(&*model, batch)?;
-        Ok(scores
-            .into_iter()
-            .map(|token_logprobs| {
-                let sum: f64 = token_logprobs.iter().map(|&v| v as f64).sum();
-                json!({"target_logprob_sum": sum, "token_logprobs": token_logprobs})
-            })
-            .collect())
-    })
+    let source = args.data.display().to_string();
+    for_batches(
+        &examples,
+        args.model.batch_size,
+        "examples",
+        &source,
+        |batch| {
+            let scores = fisherkit_model::score(&*model, batch)?;
+            Ok(scores
+                .into_iter()
+                .map(|token_logprobs| {
+                    let sum: f64 = token_logprobs.iter().map(|&v| v as f64).sum();
+                    json!({"target_logprob_sum": sum, "token_logprobs": token_logprobs})
+                })
+                .collect())
+        },
+    )
 }
 
 #[derive(Args, Debug)]
@@ -322,6 +338,19 @@ pub struct GenerateArgs {
     gnmt_alpha: Option<f64>,
     #[arg(long, default_value_t = 64)]
     max_new_tokens: usize,
+    /// Sample instead of taking the most likely token, with logits divided by this
+    /// temperature (also turned on by --top-k or --top-p).
+    #[arg(long, conflicts_with = "num_beams")]
+    temperature: Option<f64>,
+    /// Sample from the K most likely tokens only.
+    #[arg(long, conflicts_with = "num_beams")]
+    top_k: Option<usize>,
+    /// Sample from the smallest set of most likely tokens whose probability reaches P.
+    #[arg(long, conflicts_with = "num_beams")]
+    top_p: Option<f64>,
+    /// Seed of the sampling draws (batch b of --batch-size inputs draws from seed + b).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
 }
 
 pub fn generate(args: GenerateArgs) -> Result<()> {
@@ -353,19 +382,43 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
         },
         max_new_tokens: args.max_new_tokens,
         min_new_tokens: 0,
-        sampling: None,
+        sampling: (args.temperature.is_some() || args.top_k.is_some() || args.top_p.is_some())
+            .then_some(Sampling {
+                temperature: args.temperature.unwrap_or(1.0),
+                top_k: args.top_k,
+                top_p: args.top_p,
+                seed: args.seed,
+            }),
     };
-    for_batches(&examples, args.model.batch_size, "inputs", |batch| {
-        let inputs: Vec<Vec<u32>> = batch.iter().map(|e| e.input_ids.clone()).collect();
-        model
-            .generate(&inputs, &options)?
-            .into_iter()
-            .map(|ids| match &tokenizer {
-                Some(tokenizer) => Ok(json!({"ids": ids, "text": tokenizer.decode(&ids)?})),
-                None => Ok(json!({ "ids": ids })),
-            })
-            .collect()
-    })
+    let source = match &args.data {
+        Some(path) => path.display().to_string(),
+        None => "--text".to_string(),
+    };
+    let mut batch_number = 0u64;
+    for_batches(
+        &examples,
+        args.model.batch_size,
+        "inputs",
+        &source,
+        |batch| {
+            let inputs: Vec<Vec<u32>> = batch.iter().map(|e| e.input_ids.clone()).collect();
+            // Each batch draws from its own stream, so equal prompts in different batches
+            // get independent samples.
+            let mut options = options;
+            if let Some(sampling) = &mut options.sampling {
+                sampling.seed = sampling.seed.wrapping_add(batch_number);
+            }
+            batch_number += 1;
+            model
+                .generate(&inputs, &options)?
+                .into_iter()
+                .map(|ids| match &tokenizer {
+                    Some(tokenizer) => Ok(json!({"ids": ids, "text": tokenizer.decode(&ids)?})),
+                    None => Ok(json!({ "ids": ids })),
+                })
+                .collect()
+        },
+    )
 }
 
 /// The workload the T5 benchmarks time: a preset with random weights, `batch` inputs of

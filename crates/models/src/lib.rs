@@ -8,6 +8,7 @@
 //! entry in [`ARCHITECTURES`].
 
 mod bert;
+mod llama;
 mod t5;
 
 use std::path::Path;
@@ -40,7 +41,7 @@ pub struct Architecture {
 }
 
 /// Every architecture fisherkit knows.
-pub const ARCHITECTURES: &[Architecture] = &[t5::ENTRY, bert::ENTRY];
+pub const ARCHITECTURES: &[Architecture] = &[t5::ENTRY, bert::ENTRY, llama::ENTRY];
 
 /// The `model_type`s of [`ARCHITECTURES`], for error messages.
 pub fn known_model_types() -> Vec<&'static str> {

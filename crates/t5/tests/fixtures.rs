@@ -6,8 +6,8 @@
 use std::path::PathBuf;
 
 use fisherkit_model::burn::tensor::Device;
-use fisherkit_model::Example;
 use fisherkit_model::generate::generate;
+use fisherkit_model::Example;
 use fisherkit_t5::{checkpoint, GenerateOptions, LengthPenalty, T5};
 use serde::Deserialize;
 
