@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use anyhow::{bail, ensure, Context, Result};
+use fisherkit_model::config_keys::ConfigKeys;
 use fisherkit_model::Example;
 use fisherkit_nn::FeedForwardKind;
 use serde_json::{json, Map, Value};
@@ -106,30 +107,8 @@ impl BertConfig {
                 }
             }
         };
-        let usize_key = |key: &str, default: usize| -> Result<usize> {
-            match raw.get(key) {
-                None | Some(Value::Null) => Ok(default),
-                Some(v) => v
-                    .as_u64()
-                    .map(|n| n as usize)
-                    .with_context(|| format!("\"{key}\" is {v}, not a non-negative integer")),
-            }
-        };
-        let f64_key = |key: &str, default: f64| -> Result<f64> {
-            match raw.get(key) {
-                None | Some(Value::Null) => Ok(default),
-                Some(v) => v
-                    .as_f64()
-                    .with_context(|| format!("\"{key}\" is {v}, not a number")),
-            }
-        };
-        let hidden_act = match raw.get("hidden_act") {
-            None => "gelu".to_string(),
-            Some(v) => v
-                .as_str()
-                .with_context(|| format!("\"hidden_act\" is {v}, not a string"))?
-                .to_string(),
-        };
+        let keys = ConfigKeys(&raw);
+        let hidden_act = keys.string("hidden_act", "gelu")?;
         if let Some(kind) = raw.get("position_embedding_type").and_then(Value::as_str) {
             ensure!(
                 kind == "absolute",
@@ -142,19 +121,19 @@ impl BertConfig {
         };
         let config = Self {
             family,
-            vocab_size: usize_key("vocab_size", 30522)?,
-            hidden_size: usize_key("hidden_size", 768)?,
-            num_hidden_layers: usize_key("num_hidden_layers", 12)?,
-            num_attention_heads: usize_key("num_attention_heads", 12)?,
-            intermediate_size: usize_key("intermediate_size", 3072)?,
+            vocab_size: keys.usize("vocab_size", 30522)?,
+            hidden_size: keys.usize("hidden_size", 768)?,
+            num_hidden_layers: keys.usize("num_hidden_layers", 12)?,
+            num_attention_heads: keys.usize("num_attention_heads", 12)?,
+            intermediate_size: keys.usize("intermediate_size", 3072)?,
             hidden_act,
-            hidden_dropout_prob: f64_key("hidden_dropout_prob", 0.1)?,
-            attention_probs_dropout_prob: f64_key("attention_probs_dropout_prob", 0.1)?,
-            max_position_embeddings: usize_key("max_position_embeddings", 512)?,
-            type_vocab_size: usize_key("type_vocab_size", 2)?,
-            layer_norm_eps: f64_key("layer_norm_eps", 1e-12)?,
-            pad_token_id: usize_key("pad_token_id", default_pad)? as u32,
-            initializer_range: f64_key("initializer_range", 0.02)?,
+            hidden_dropout_prob: keys.f64("hidden_dropout_prob", 0.1)?,
+            attention_probs_dropout_prob: keys.f64("attention_probs_dropout_prob", 0.1)?,
+            max_position_embeddings: keys.usize("max_position_embeddings", 512)?,
+            type_vocab_size: keys.usize("type_vocab_size", 2)?,
+            layer_norm_eps: keys.f64("layer_norm_eps", 1e-12)?,
+            pad_token_id: keys.usize("pad_token_id", default_pad)? as u32,
+            initializer_range: keys.f64("initializer_range", 0.02)?,
             labels: labels(&raw)?,
             raw,
         };

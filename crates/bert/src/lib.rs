@@ -19,46 +19,21 @@ pub mod pooling;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Result};
-use fisherkit_model::burn::module::Module;
-use fisherkit_model::burn::tensor::activation::log_softmax;
 use fisherkit_model::burn::tensor::{Device, Tensor};
 use fisherkit_model::tokenizer::TOKENIZER_FILE;
 use fisherkit_model::{
-    Example, GenerateOptions, LoadModel, LogProbModel, Model, ParamMut, ParamRef, SpecialTokens,
-    TextTokenizer,
+    Example, GenerateOptions, LoadModel, LogProbModel, Model, SpecialTokens, TextTokenizer,
 };
 
 pub use config::{BertConfig, Family, MODEL_TYPES, PRESETS};
 pub use model::{Bert, Head};
 
 impl LogProbModel for Bert {
-    fn named_params(&self) -> Vec<(String, ParamRef<'_>)> {
-        Bert::named_params(self)
-    }
-
-    fn named_params_mut(&mut self) -> Vec<(String, ParamMut<'_>)> {
-        Bert::named_params_mut(self)
-    }
-
-    fn device(&self) -> Device {
-        Bert::device(self)
-    }
-
-    fn set_training(&mut self, training: bool) {
-        self.training = training;
-    }
-
-    fn is_training(&self) -> bool {
-        self.training
-    }
+    fisherkit_model::burn_module_log_prob_basics!();
 
     /// The number of classes (0 for a bare encoder).
     fn output_size(&self) -> usize {
         self.labels().len()
-    }
-
-    fn log_softmax(&self, batch: &[Example]) -> Result<Tensor<3>> {
-        Ok(log_softmax(Model::logits(self, batch)?, 2))
     }
 
     fn save(&self, dir: &Path) -> Result<()> {
@@ -135,12 +110,7 @@ impl Model for Bert {
         checkpoint::save(self, dir, tokenizer, overwrite)
     }
 
-    fn without_autodiff(&self) -> Box<dyn Model> {
-        let mut model = self.valid();
-        model.config = self.config.clone();
-        model.training = self.training;
-        Box::new(model)
-    }
+    fisherkit_model::burn_module_without_autodiff!();
 
     /// Embeddings are lookups; per layer the four attention projections, the two
     /// attention products and the feed-forward; then the head on the first token.

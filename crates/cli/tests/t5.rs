@@ -220,17 +220,20 @@ fn bad_input_is_named() {
     assert!(err.contains("config.json"), "{err}");
     // An architecture the loader registry does not know: the file, the value and the
     // known model types.
+    let gpt2 = tmp.path().join("gpt2");
+    std::fs::create_dir(&gpt2).unwrap();
+    std::fs::write(gpt2.join("config.json"), r#"{"model_type": "gpt2"}"#).unwrap();
     let err = fails(&[
         "score",
         "--model",
-        s(&testdata("fixtures/llama-tiny")),
+        s(&gpt2),
         "--data",
-        &write("ok-llama.jsonl", good),
+        &write("ok-gpt2.jsonl", good),
     ]);
     assert!(
         err.contains("config.json")
-            && err.contains("\"llama\"")
-            && err.contains("known model types: t5, bert, roberta"),
+            && err.contains("\"gpt2\"")
+            && err.contains("known model types: t5, bert, roberta, llama"),
         "{err}"
     );
     // Text-to-text scoring on a classifier: its one output position is named.

@@ -12,6 +12,7 @@ use crate::config::LlamaConfig;
 use crate::model::Llama;
 
 const HEAD: &str = "lm_head.weight";
+const EMBEDDING: &str = "model.embed_tokens.weight";
 
 /// Load a checkpoint directory onto `device`. The head is tied when the config says so
 /// (a stored `lm_head.weight` is then ignored, as transformers ties it) or when the
@@ -19,6 +20,7 @@ const HEAD: &str = "lm_head.weight";
 pub fn load(dir: &Path, device: &Device) -> Result<Llama> {
     let config = LlamaConfig::load(&dir.join(CONFIG_FILE))?;
     let weights = HfWeights::open(dir)?;
+    weights.expect_shape(dir, EMBEDDING, &[config.vocab_size, config.hidden_size])?;
     let tied = config.tie_word_embeddings || !weights.contains(HEAD);
     let mut model = Llama::skeleton(&config, tied, device)?;
     let names = |name: &str| vec![name.to_string()];

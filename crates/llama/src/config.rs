@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use anyhow::{bail, ensure, Context, Result};
+use fisherkit_model::config_keys::ConfigKeys;
 use fisherkit_nn::FeedForwardKind;
 use serde_json::{json, Map, Value};
 
@@ -67,33 +68,7 @@ impl LlamaConfig {
                 "model_type {model_type:?} is not llama"
             );
         }
-        let usize_key = |key: &str, default: Option<usize>| -> Result<usize> {
-            match raw.get(key) {
-                None | Some(Value::Null) => {
-                    default.with_context(|| format!("\"{key}\" is missing"))
-                }
-                Some(v) => v
-                    .as_u64()
-                    .map(|n| n as usize)
-                    .with_context(|| format!("\"{key}\" is {v}, not a non-negative integer")),
-            }
-        };
-        let f64_key = |key: &str, default: f64| -> Result<f64> {
-            match raw.get(key) {
-                None | Some(Value::Null) => Ok(default),
-                Some(v) => v
-                    .as_f64()
-                    .with_context(|| format!("\"{key}\" is {v}, not a number")),
-            }
-        };
-        let bool_key = |key: &str, default: bool| -> Result<bool> {
-            match raw.get(key) {
-                None | Some(Value::Null) => Ok(default),
-                Some(v) => v
-                    .as_bool()
-                    .with_context(|| format!("\"{key}\" is {v}, not true or false")),
-            }
-        };
+        let keys = ConfigKeys(&raw);
         // transformers ≥ 5 nests the rotary settings in `rope_parameters`; older configs
         // have `rope_theta` and `rope_scaling` at the top.
         let rope = raw.get("rope_parameters").or(raw.get("rope_scaling"));
@@ -112,15 +87,9 @@ impl LlamaConfig {
             Some(v) => v
                 .as_f64()
                 .with_context(|| format!("\"rope_parameters.rope_theta\" is {v}, not a number"))?,
-            None => f64_key("rope_theta", 10000.0)?,
+            None => keys.f64("rope_theta", 10000.0)?,
         };
-        let hidden_act = match raw.get("hidden_act") {
-            None => "silu".to_string(),
-            Some(v) => v
-                .as_str()
-                .with_context(|| format!("\"hidden_act\" is {v}, not a string"))?
-                .to_string(),
-        };
+        let hidden_act = keys.string("hidden_act", "silu")?;
         let token = |key: &str| -> Result<Option<u32>> {
             match raw.get(key) {
                 None | Some(Value::Null) => Ok(None),
@@ -140,30 +109,30 @@ impl LlamaConfig {
                 )),
             }
         };
-        let hidden_size = usize_key("hidden_size", Some(4096))?;
-        let num_attention_heads = usize_key("num_attention_heads", Some(32))?;
+        let hidden_size = keys.usize("hidden_size", 4096)?;
+        let num_attention_heads = keys.usize("num_attention_heads", 32)?;
         ensure!(
             num_attention_heads > 0,
             "num_attention_heads must be positive"
         );
         let eos_token_id = token("eos_token_id")?.unwrap_or(2);
         let config = Self {
-            vocab_size: usize_key("vocab_size", Some(32000))?,
+            vocab_size: keys.usize("vocab_size", 32000)?,
             hidden_size,
-            intermediate_size: usize_key("intermediate_size", Some(11008))?,
-            num_hidden_layers: usize_key("num_hidden_layers", Some(32))?,
+            intermediate_size: keys.usize("intermediate_size", 11008)?,
+            num_hidden_layers: keys.usize("num_hidden_layers", 32)?,
             num_attention_heads,
-            num_key_value_heads: usize_key("num_key_value_heads", Some(num_attention_heads))?,
-            head_dim: usize_key("head_dim", Some(hidden_size / num_attention_heads))?,
+            num_key_value_heads: keys.usize("num_key_value_heads", num_attention_heads)?,
+            head_dim: keys.usize("head_dim", hidden_size / num_attention_heads)?,
             hidden_act,
-            max_position_embeddings: usize_key("max_position_embeddings", Some(2048))?,
-            rms_norm_eps: f64_key("rms_norm_eps", 1e-6)?,
+            max_position_embeddings: keys.usize("max_position_embeddings", 2048)?,
+            rms_norm_eps: keys.f64("rms_norm_eps", 1e-6)?,
             rope_theta,
-            attention_bias: bool_key("attention_bias", false)?,
-            mlp_bias: bool_key("mlp_bias", false)?,
-            tie_word_embeddings: bool_key("tie_word_embeddings", false)?,
-            attention_dropout: f64_key("attention_dropout", 0.0)?,
-            initializer_range: f64_key("initializer_range", 0.02)?,
+            attention_bias: keys.bool("attention_bias", false)?,
+            mlp_bias: keys.bool("mlp_bias", false)?,
+            tie_word_embeddings: keys.bool("tie_word_embeddings", false)?,
+            attention_dropout: keys.f64("attention_dropout", 0.0)?,
+            initializer_range: keys.f64("initializer_range", 0.02)?,
             bos_token_id: token("bos_token_id")?.unwrap_or(1),
             eos_token_id,
             pad_token_id: token("pad_token_id")?.unwrap_or(eos_token_id),

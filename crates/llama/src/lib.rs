@@ -15,12 +15,9 @@ pub mod model;
 use std::path::{Path, PathBuf};
 
 use anyhow::{ensure, Result};
-use fisherkit_model::burn::module::Module;
-use fisherkit_model::burn::tensor::activation::log_softmax;
 use fisherkit_model::burn::tensor::{Device, Tensor};
 use fisherkit_model::{
-    Example, ExampleBackprop, GenerateOptions, LoadModel, LogProbModel, Model, ParamMut, ParamRef,
-    SpecialTokens,
+    Example, ExampleBackprop, GenerateOptions, LoadModel, LogProbModel, Model, SpecialTokens,
 };
 use fisherkit_nn::attention::Mask;
 use fisherkit_nn::cpu::Binder;
@@ -30,32 +27,10 @@ pub use config::{LlamaConfig, MODEL_TYPE, PRESETS};
 pub use model::Llama;
 
 impl LogProbModel for Llama {
-    fn named_params(&self) -> Vec<(String, ParamRef<'_>)> {
-        Llama::named_params(self)
-    }
-
-    fn named_params_mut(&mut self) -> Vec<(String, ParamMut<'_>)> {
-        Llama::named_params_mut(self)
-    }
-
-    fn device(&self) -> Device {
-        Llama::device(self)
-    }
-
-    fn set_training(&mut self, training: bool) {
-        self.training = training;
-    }
-
-    fn is_training(&self) -> bool {
-        self.training
-    }
+    fisherkit_model::burn_module_log_prob_basics!();
 
     fn output_size(&self) -> usize {
         self.config.vocab_size
-    }
-
-    fn log_softmax(&self, batch: &[Example]) -> Result<Tensor<3>> {
-        Ok(log_softmax(Model::logits(self, batch)?, 2))
     }
 
     fn save(&self, dir: &Path) -> Result<()> {
@@ -160,12 +135,7 @@ impl Model for Llama {
         checkpoint::save(self, dir, tokenizer, overwrite)
     }
 
-    fn without_autodiff(&self) -> Box<dyn Model> {
-        let mut model = self.valid();
-        model.config = self.config.clone();
-        model.training = self.training;
-        Box::new(model)
-    }
+    fisherkit_model::burn_module_without_autodiff!();
 
     /// One causal stack over `input_len + target_len − 1` positions: per layer the four
     /// projections (k and v over the key/value heads), the two attention products and

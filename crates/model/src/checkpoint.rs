@@ -86,6 +86,30 @@ impl HfWeights {
         self.location.keys().map(String::as_str)
     }
 
+    /// Refuse a checkpoint whose tensor `name` is missing or not of shape `expected`,
+    /// reading only the header. Loaders call it before allocating the model a config
+    /// describes, so that a mismatched config (e.g. one falling back to 7B-scale defaults)
+    /// is an error instead of a multi-gigabyte allocation.
+    pub fn expect_shape(&self, dir: &Path, name: &str, expected: &[usize]) -> Result<()> {
+        let file = self
+            .location
+            .get(name)
+            .with_context(|| format!("{}: checkpoint has no tensor {name}", dir.display()))?;
+        let tensors = self.files[*file].tensors()?;
+        let shape = tensors
+            .tensor(name)
+            .map_err(|e| anyhow::anyhow!("{}: tensor {name}: {e}", dir.display()))?
+            .shape()
+            .to_vec();
+        if shape != expected {
+            bail!(
+                "{}: tensor {name} has shape {shape:?}, but the config needs {expected:?} (wrong config?)",
+                dir.display()
+            );
+        }
+        Ok(())
+    }
+
     /// The tensor stored under the first of `names` that exists: the name it was found
     /// under, its shape and its values as f32.
     pub fn read(&self, names: &[String]) -> Result<Option<NamedTensor>> {

@@ -24,6 +24,7 @@
 //! [`ParamAccess::gradients`].
 
 pub mod checkpoint;
+pub mod config_keys;
 pub mod data;
 pub mod generate;
 mod linear;
@@ -264,6 +265,60 @@ pub trait LogProbModel {
     fn example_backprop(&self) -> Option<Box<dyn ExampleBackprop>> {
         None
     }
+}
+
+/// The [`LogProbModel`] methods every architecture built as a burn module writes alike,
+/// for a type with inherent `named_params`/`named_params_mut` (from `param_list!(root
+/// …)`) and `device`, a `training: bool` field, and [`Model::logits`]: expands inside
+/// `impl LogProbModel for …`.
+#[macro_export]
+macro_rules! burn_module_log_prob_basics {
+    () => {
+        fn named_params(&self) -> Vec<(String, $crate::ParamRef<'_>)> {
+            Self::named_params(self)
+        }
+
+        fn named_params_mut(&mut self) -> Vec<(String, $crate::ParamMut<'_>)> {
+            Self::named_params_mut(self)
+        }
+
+        fn device(&self) -> $crate::burn::tensor::Device {
+            Self::device(self)
+        }
+
+        fn set_training(&mut self, training: bool) {
+            self.training = training;
+        }
+
+        fn is_training(&self) -> bool {
+            self.training
+        }
+
+        fn log_softmax(
+            &self,
+            batch: &[$crate::Example],
+        ) -> anyhow::Result<$crate::burn::tensor::Tensor<3>> {
+            Ok($crate::burn::tensor::activation::log_softmax(
+                $crate::Model::logits(self, batch)?,
+                2,
+            ))
+        }
+    };
+}
+
+/// [`Model::without_autodiff`] for a burn module whose `config` and `training` fields are
+/// skipped by the module derive: expands inside `impl Model for …`.
+#[macro_export]
+macro_rules! burn_module_without_autodiff {
+    () => {
+        fn without_autodiff(&self) -> Box<dyn $crate::Model> {
+            use $crate::burn::module::Module as _;
+            let mut model = self.valid();
+            model.config = self.config.clone();
+            model.training = self.training;
+            Box::new(model)
+        }
+    };
 }
 
 /// `(position, class, weight)` terms of an objective `Σ weight · log p_position(class)`.

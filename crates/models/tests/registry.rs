@@ -65,12 +65,26 @@ fn loads_by_architectures_when_model_type_is_absent() {
 
 #[test]
 fn unknown_model_type_names_the_file_the_value_and_the_known_types() {
-    let msg = error_of(&fixture("llama-tiny"));
+    let dir = edited_copy("llama-tiny", |c| c["model_type"] = "gpt2".into());
+    let msg = error_of(dir.path());
     assert!(msg.contains("config.json"), "{msg}");
-    assert!(msg.contains("\"llama\""), "{msg}");
+    assert!(msg.contains("\"gpt2\""), "{msg}");
     assert!(
-        msg.contains("known model types: t5, bert, roberta"),
+        msg.contains("known model types: t5, bert, roberta, llama"),
         "{msg}"
+    );
+}
+
+/// Llama checkpoints load through the registry as the Llama loader reads them.
+#[test]
+fn loads_llama_by_model_type() {
+    let direct =
+        fisherkit_llama::checkpoint::load(&fixture("llama-tiny"), &Device::flex()).unwrap();
+    let registry = fisherkit_models::load(&fixture("llama-tiny"), &Device::flex()).unwrap();
+    assert_eq!(registry.model_type(), "llama");
+    assert_eq!(
+        registry.read_params().unwrap(),
+        direct.read_params().unwrap()
     );
 }
 
@@ -101,12 +115,24 @@ fn loads_bert_and_roberta_by_model_type_and_by_architectures() {
 fn unknown_architectures_without_model_type_is_an_error() {
     let dir = edited_copy("t5-tiny-v10", |c| {
         c.as_object_mut().unwrap().remove("model_type");
-        c["architectures"] = serde_json::json!(["LlamaForCausalLM"]);
+        c["architectures"] = serde_json::json!(["GPT2LMHeadModel"]);
     });
     let msg = error_of(dir.path());
     assert!(msg.contains("config.json"), "{msg}");
-    assert!(msg.contains("LlamaForCausalLM"), "{msg}");
+    assert!(msg.contains("GPT2LMHeadModel"), "{msg}");
     assert!(msg.contains("known model types: t5"), "{msg}");
+}
+
+/// A T5 checkpoint whose config claims Llama falls back to Llama's 7B-scale defaults; the
+/// loader must refuse it from the safetensors header instead of allocating 7B parameters.
+#[test]
+fn mislabelled_checkpoint_is_refused_before_allocation() {
+    let dir = edited_copy("t5-tiny-v10", |c| {
+        c.as_object_mut().unwrap().remove("model_type");
+        c["architectures"] = serde_json::json!(["LlamaForCausalLM"]);
+    });
+    let msg = error_of(dir.path());
+    assert!(msg.contains("model.embed_tokens.weight"), "{msg}");
 }
 
 #[test]

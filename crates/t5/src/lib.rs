@@ -19,10 +19,8 @@ pub mod model;
 use std::path::{Path, PathBuf};
 
 use anyhow::{ensure, Result};
-use fisherkit_model::burn::module::Module;
-use fisherkit_model::burn::tensor::activation::log_softmax;
 use fisherkit_model::burn::tensor::{Device, Tensor};
-use fisherkit_model::{Example, LoadModel, LogProbModel, Model, ParamMut, ParamRef, SpecialTokens};
+use fisherkit_model::{Example, LoadModel, LogProbModel, Model, SpecialTokens};
 
 pub use config::T5Config;
 pub use fisherkit_model::{score, GenerateOptions, LengthPenalty, TextTokenizer};
@@ -32,32 +30,10 @@ pub use model::{relative_position_bucket, T5};
 pub const MODEL_TYPE: &str = "t5";
 
 impl LogProbModel for T5 {
-    fn named_params(&self) -> Vec<(String, ParamRef<'_>)> {
-        T5::named_params(self)
-    }
-
-    fn named_params_mut(&mut self) -> Vec<(String, ParamMut<'_>)> {
-        T5::named_params_mut(self)
-    }
-
-    fn device(&self) -> Device {
-        T5::device(self)
-    }
-
-    fn set_training(&mut self, training: bool) {
-        self.training = training;
-    }
-
-    fn is_training(&self) -> bool {
-        self.training
-    }
+    fisherkit_model::burn_module_log_prob_basics!();
 
     fn output_size(&self) -> usize {
         self.config.vocab_size
-    }
-
-    fn log_softmax(&self, batch: &[Example]) -> Result<Tensor<3>> {
-        Ok(log_softmax(Model::logits(self, batch)?, 2))
     }
 
     fn save(&self, dir: &Path) -> Result<()> {
@@ -158,12 +134,7 @@ impl Model for T5 {
         self.encoder.is_none()
     }
 
-    fn without_autodiff(&self) -> Box<dyn Model> {
-        let mut model = self.valid();
-        model.config = self.config.clone();
-        model.training = self.training;
-        Box::new(model)
-    }
+    fisherkit_model::burn_module_without_autodiff!();
 }
 
 impl LoadModel for T5 {
