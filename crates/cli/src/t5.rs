@@ -153,9 +153,22 @@ pub fn init(args: InitArgs) -> Result<()> {
     let untied = !config.tie_word_embeddings;
     let model = checkpoint::init(&config, untied, args.seed, &device)?;
     let dir = checkpoint::save(&model, &args.out, args.tokenizer.as_deref(), args.force)?;
+    // Per token of a 64-token input and 64-token target (attention grows with length).
+    let flops = fisherkit_t5::flops::forward(&config, 1, 64, 64) / 128.0;
+    let experts = match config.routing() {
+        Some(routing) => {
+            let (encoder, decoder) = config.sparse_layers();
+            format!(
+                "; {} experts, top-{}, in {} encoder and {} decoder feed-forwards",
+                routing.experts, routing.top_k, encoder, decoder
+            )
+        }
+        None => String::new(),
+    };
     eprintln!(
-        "initialised {preset} ({} parameters) in {}",
+        "initialised {preset} ({} parameters, {:.2} MFLOP per token forward at 64 + 64 tokens{experts}) in {}",
         model.num_params(),
+        flops / 1e6,
         dir.display()
     );
     Ok(())

@@ -6,7 +6,7 @@ mod support;
 
 use serde_json::Value;
 use std::path::Path;
-use support::{fails, ok, s, testdata};
+use support::{fails, ok, run, s, stderr, testdata};
 
 /// The fixture's cases as a JSONL file of ids, and the parsed cases.
 /// `name`: the fixture's directory under `testdata/`.
@@ -550,4 +550,103 @@ fn decoder_only_and_prefix_lms_train_score_generate_and_fisher() {
     let err = fails(&["init", "--preset", "bert-tiny", "--arch", "decoder-only", "--seed", "0",
         "--out", s(&dir.join("bert"))]);
     assert!(err.contains("--arch"), "{err}");
+}
+
+/// A Switch Transformer from `init --set num_experts=…`: init reports the experts and
+/// FLOPs; training logs the router's auxiliary loss and lowers the loss; the Fisher of
+/// the hand-written backward (through the router) equals autodiff's; merging two runs
+/// keeps every expert.
+#[test]
+fn mixture_of_experts_trains_with_its_auxiliary_loss_fishers_and_merges() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let suite = dir.join("suite");
+    #[rustfmt::skip]
+    ok(&["tasks", "synthetic", "--out", s(&suite), "--tasks", "reverse",
+        "--train-size", "128", "--valid-size", "8", "--test-size", "1"]);
+    let (train, valid) = (
+        suite.join("reverse/train.jsonl"),
+        suite.join("reverse/valid.jsonl"),
+    );
+    let tok = dir.join("tok.json");
+    #[rustfmt::skip]
+    ok(&["tokenizer", "train", "--input", s(&train), "--vocab-size", "120", "--out", s(&tok)]);
+    let model = dir.join("switch");
+    #[rustfmt::skip]
+    let out = run(&["init", "--preset", "tiny", "--seed", "0", "--tokenizer", s(&tok),
+        "--layers", "2", "--d-ff", "32", "--heads", "4", "--set", "d_model=32",
+        "--set", "d_kv=8", "--set", "num_experts=4", "--set", "expert_capacity=6",
+        "--set", "router_z_loss_coef=0.001", "--out", s(&model)]);
+    let said = stderr(&out);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("4 experts, top-1, in 2 encoder and 2 decoder feed-forwards")
+            && said.contains("MFLOP per token"),
+        "{said}"
+    );
+    let config = std::fs::read_to_string(model.join("config.json")).unwrap();
+    assert!(config.contains("\"num_experts\": 4"), "{config}");
+    let score =
+        |model: &Path| json_lines(&ok(&["score", "--model", s(model), "--data", s(&valid)]));
+    let before = mean_nll(&score(&model));
+    let mut runs = Vec::new();
+    for seed in ["0", "1"] {
+        let run_dir = dir.join(format!("run-{seed}"));
+        #[rustfmt::skip]
+        ok(&["train", "--model", s(&model), "--train", s(&train), "--out", s(&run_dir),
+            "--optimizer", "adamw", "--lr", "3e-3", "--steps", "60", "--batch-size", "16",
+            "--log-every", "20", "--seed", seed]);
+        let metrics = std::fs::read_to_string(run_dir.join("metrics.jsonl")).unwrap();
+        let logged: Vec<Value> = json_lines(&metrics)
+            .into_iter()
+            .filter(|row| row.get("loss").is_some())
+            .collect();
+        assert_eq!(logged.len(), 3, "{metrics}");
+        for row in &logged {
+            // Four sparse layers, each α·E·Σ fᵢPᵢ ∈ (0, 0.04], plus a small z-loss.
+            let aux = row["aux_loss"].as_f64().unwrap();
+            assert!(aux > 0.0 && aux < 0.5, "{row}");
+        }
+        runs.push(run_dir.join("model"));
+    }
+    let after = mean_nll(&score(&runs[0]));
+    assert!(after < 0.8 * before, "loss {before} → {after}");
+
+    let fisher = |gradients: &str| {
+        let out = dir.join(format!("fisher-{gradients}.safetensors"));
+        #[rustfmt::skip]
+        ok(&["fisher", "--model", s(&runs[0]), "--data", s(&valid), "--top-k-classes", "3",
+            "--gradients", gradients, "--out", s(&out)]);
+        let file = fisherkit_common::st::MappedFile::open(&out).unwrap();
+        file.names_in_order()
+            .unwrap()
+            .into_iter()
+            .map(|name| {
+                let (_, values) = file.read_f32(&name).unwrap();
+                (name, values)
+            })
+            .collect::<Vec<_>>()
+    };
+    let (fast, autodiff) = (fisher("fast"), fisher("autodiff"));
+    assert!(fast
+        .iter()
+        .any(|(name, _)| name.contains("mlp.router.classifier")));
+    for ((name, a), (_, b)) in fast.iter().zip(&autodiff) {
+        let largest = a.iter().fold(0f32, |m, x| m.max(x.abs()));
+        let differs = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        assert!(
+            differs <= 1e-4 * largest.max(1e-12),
+            "{name}: fast vs autodiff differ by {differs} (largest {largest})"
+        );
+    }
+    let merged = dir.join("merged");
+    #[rustfmt::skip]
+    ok(&["merge", "--method", "linear", "--model", s(&runs[0]), "--model", s(&runs[1]),
+        "--out", s(&merged)]);
+    // The average of two runs from one initialisation stays well below the start.
+    let merged_nll = mean_nll(&score(&merged));
+    assert!(
+        merged_nll < before,
+        "merged {merged_nll} vs initial {before}"
+    );
 }

@@ -23,6 +23,7 @@
 //! from [`LogProbModel::target_logprobs`] and read gradients with
 //! [`ParamAccess::gradients`].
 
+pub mod auxiliary;
 pub mod checkpoint;
 pub mod config_keys;
 pub mod data;

@@ -14,6 +14,7 @@
 //! or gated), [`Attention`] (multi-head and grouped-query, self or cross, key/value cache)
 //! with [`position`] encodings (T5 relative buckets, absolute learned, sinusoidal,
 //! rotary), [`Embedding`] (optionally factorised), [`Residual`] (plain or ReZero),
+//! [`MixtureOfExperts`] (Switch top-1 / GShard top-2 routing with per-sequence capacity),
 //! [`Sublayer`], [`Block`] and [`Stack`] (layers optionally shared).
 
 pub mod activation;
@@ -23,6 +24,7 @@ pub mod embedding;
 pub mod feed_forward;
 pub mod linear;
 pub mod lm;
+pub mod moe;
 pub mod norm;
 pub mod position;
 pub mod residual;
@@ -33,6 +35,7 @@ pub use attention::{Attention, AttentionNames, KeyValue};
 pub use embedding::Embedding;
 pub use feed_forward::{FeedForward, FeedForwardNames};
 pub use linear::Linear;
+pub use moe::{MixtureOfExperts, Routing};
 pub use norm::{Norm, NormKind};
 pub use position::{PositionKind, Positions, RelativeBias};
 pub use residual::{Residual, ResidualKind};

@@ -15,6 +15,7 @@ use fisherkit_model::burn::tensor::Tensor;
 use crate::attention::{Attention, AttentionState, CpuAttention, KeyValue, KeyValues, Mask};
 use crate::cpu::{Binder, Gradient};
 use crate::feed_forward::{CpuFeedForward, FeedForward, FeedForwardState};
+use crate::moe::{CpuMixtureOfExperts, MixtureOfExperts, MixtureState};
 use crate::norm::{CpuNorm, Norm, NormState};
 use crate::position::{CpuPositions, Positions};
 use crate::residual::{CpuResidual, Residual};
@@ -26,6 +27,8 @@ pub enum Inner {
     SelfAttention,
     CrossAttention,
     FeedForward,
+    /// A mixture-of-experts feed-forward.
+    Experts,
 }
 
 /// Checkpoint names (prefixes) inside a sublayer, e.g. T5: `SelfAttention.`,
@@ -40,6 +43,7 @@ pub struct SublayerNames {
 pub struct Sublayer {
     pub attention: Option<Attention>,
     pub feed_forward: Option<FeedForward>,
+    pub experts: Option<MixtureOfExperts>,
     /// `None`: no normalisation (ReZero, Fixup).
     pub norm: Option<Norm>,
     pub residual: Residual,
@@ -52,6 +56,7 @@ pub struct Sublayer {
 crate::param_list!(Sublayer {
     optional_child [names.inner] => attention,
     optional_child [names.inner] => feed_forward,
+    optional_child [names.inner] => experts,
     optional_child [names.norm] => norm,
     child "" => residual,
 });
@@ -79,10 +84,24 @@ impl Sublayer {
         Self {
             attention,
             feed_forward,
+            experts: None,
             norm,
             residual,
             inner,
             names,
+        }
+    }
+
+    /// A mixture-of-experts feed-forward sublayer.
+    pub fn experts(
+        experts: MixtureOfExperts,
+        norm: Option<Norm>,
+        residual: Residual,
+        names: SublayerNames,
+    ) -> Self {
+        Self {
+            experts: Some(experts),
+            ..Self::new(Inner::Experts, None, None, norm, residual, names)
         }
     }
 
@@ -127,6 +146,11 @@ impl Sublayer {
                 .as_ref()
                 .expect("feed-forward sublayer")
                 .forward(normed, ctx.dropout),
+            Inner::Experts => self
+                .experts
+                .as_ref()
+                .expect("mixture-of-experts sublayer")
+                .forward(normed, ctx.dropout),
         };
         self.residual.forward(x, ctx.dropout.apply(branch))
     }
@@ -135,6 +159,7 @@ impl Sublayer {
         CpuSublayer {
             attention: self.attention.as_ref().map(|a| a.bind(binder)),
             feed_forward: self.feed_forward.as_ref().map(|f| f.bind(binder)),
+            experts: self.experts.as_ref().map(|e| e.bind(binder)),
             norm: self.norm.as_ref().map(|n| n.bind(binder)),
             residual: self.residual.bind(binder),
             inner: self.inner,
@@ -288,6 +313,7 @@ impl Stack {
 struct CpuSublayer {
     attention: Option<CpuAttention>,
     feed_forward: Option<CpuFeedForward>,
+    experts: Option<CpuMixtureOfExperts>,
     norm: Option<CpuNorm>,
     residual: CpuResidual,
     inner: Inner,
@@ -296,6 +322,7 @@ struct CpuSublayer {
 enum InnerState {
     Attention(AttentionState),
     FeedForward(FeedForwardState),
+    Experts(MixtureState),
 }
 
 struct SublayerState {
@@ -456,6 +483,11 @@ impl CpuStack {
                         let (state, out) = f.forward(normed, rows);
                         (InnerState::FeedForward(state), out)
                     }
+                    Inner::Experts => {
+                        let e = s.experts.as_ref().expect("experts");
+                        let (state, out) = e.forward(normed, rows);
+                        (InnerState::Experts(state), out)
+                    }
                 };
                 s.residual.forward(&mut x, &branch);
                 states.push(SublayerState {
@@ -530,6 +562,11 @@ impl CpuStack {
                         .as_ref()
                         .expect("feed-forward")
                         .backward(normed, f_state, &dbranch, rows, grad),
+                    (InnerState::Experts(e_state), _) => s
+                        .experts
+                        .as_ref()
+                        .expect("experts")
+                        .backward(normed, e_state, &dbranch, rows, grad),
                     _ => unreachable!("state matches its sublayer"),
                 };
                 let dinput = match (&s.norm, &st.norm) {

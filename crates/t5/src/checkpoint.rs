@@ -89,7 +89,11 @@ fn init_of(name: &str, config: &T5Config) -> Result<Init> {
         "shared" | "lm_head" | "embed_positions" => 1.0,
         "projection" => (config.embedding_width() as f64).powf(-0.5),
         "q" => (d_model * config.d_kv as f64).powf(-0.5),
-        "k" | "v" | "relative_attention_bias" | "wi" | "wi_0" | "wi_1" => d_model.powf(-0.5),
+        // The router as the input projections (unit-variance logits over normed inputs;
+        // HF's SwitchTransformers draws std 1, which makes routing nearly one-hot).
+        "k" | "v" | "relative_attention_bias" | "wi" | "wi_0" | "wi_1" | "classifier" => {
+            d_model.powf(-0.5)
+        }
         "o" => (config.inner_dim() as f64).powf(-0.5),
         "wo" => (config.d_ff as f64).powf(-0.5),
         _ => return Ok(Init::Ones),

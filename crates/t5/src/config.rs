@@ -88,6 +88,30 @@ pub struct T5Config {
     /// architecture comparison.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub architecture: Option<String>,
+    // Mixture-of-experts feed-forwards (Switch Transformer / GShard), with Hugging Face's
+    // keys (SwitchTransformers, Mixtral); absent `num_experts` = dense feed-forwards.
+    /// Experts per sparse feed-forward (at least 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_experts: Option<usize>,
+    /// Experts each token is routed to: 1 (Switch) or 2 (GShard); default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_experts_per_tok: Option<usize>,
+    /// The most tokens of one sequence an expert takes (default 64, as HF).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expert_capacity: Option<usize>,
+    /// Weight α of the load-balancing loss (default 0.01, the Switch paper's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub router_aux_loss_coef: Option<f64>,
+    /// Weight β of the router z-loss (default 0: off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub router_z_loss_coef: Option<f64>,
+    /// Which encoder feed-forwards are sparse: every one at 1 (default), else layers i
+    /// with i mod step = 1 (HF's rule: every other layer from the second at 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoder_sparse_step: Option<usize>,
+    /// The same for the decoder (and a single-stack LM's one stack).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decoder_sparse_step: Option<usize>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
@@ -241,6 +265,12 @@ impl ShareLayers {
     }
 }
 
+/// Tokens of one sequence an expert takes when `expert_capacity` is absent (HF's default).
+pub const DEFAULT_EXPERT_CAPACITY: usize = 64;
+/// The load-balancing loss weight when `router_aux_loss_coef` is absent: the Switch
+/// paper's α (HF's SwitchTransformers defaults to 0.001).
+pub const DEFAULT_ROUTER_AUX_LOSS_COEF: f64 = 0.01;
+
 /// Reach of absolute/sinusoidal positions when `max_position_embeddings` is absent.
 pub const DEFAULT_MAX_POSITIONS: usize = 512;
 /// Rotary frequency base when `rope_theta` is absent.
@@ -317,6 +347,7 @@ impl T5Config {
         if self.rope_theta().is_nan() || self.rope_theta() <= 1.0 {
             bail!("rope_theta {} must be greater than 1", self.rope_theta());
         }
+        self.validate_experts()?;
         if !(0.0..1.0).contains(&self.dropout_rate) {
             bail!("dropout_rate {} is not in [0, 1)", self.dropout_rate);
         }
@@ -330,6 +361,54 @@ impl T5Config {
                     "{name} {id} is outside the vocabulary of {}",
                     self.vocab_size
                 );
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_experts(&self) -> Result<()> {
+        let Some(routing) = self.routing() else {
+            for (key, set) in [
+                ("num_experts_per_tok", self.num_experts_per_tok.is_some()),
+                ("expert_capacity", self.expert_capacity.is_some()),
+                ("encoder_sparse_step", self.encoder_sparse_step.is_some()),
+                ("decoder_sparse_step", self.decoder_sparse_step.is_some()),
+            ] {
+                if set {
+                    bail!("{key} is set but num_experts is not (a dense model has no experts)");
+                }
+            }
+            return Ok(());
+        };
+        if routing.experts < 2 {
+            bail!(
+                "num_experts {} must be at least 2 (remove the key for a dense feed-forward)",
+                routing.experts
+            );
+        }
+        if !(1..=2).contains(&routing.top_k) || routing.top_k > routing.experts {
+            bail!(
+                "num_experts_per_tok {} must be 1 (Switch) or 2 (GShard) and at most num_experts",
+                routing.top_k
+            );
+        }
+        if routing.capacity == 0 {
+            bail!("expert_capacity must be positive");
+        }
+        for (key, value) in [
+            ("router_aux_loss_coef", routing.aux_loss_coef),
+            ("router_z_loss_coef", routing.z_loss_coef),
+        ] {
+            if !(value >= 0.0 && value.is_finite()) {
+                bail!("{key} {value} must be a non-negative number");
+            }
+        }
+        for (key, step) in [
+            ("encoder_sparse_step", self.encoder_sparse_step),
+            ("decoder_sparse_step", self.decoder_sparse_step),
+        ] {
+            if step == Some(0) {
+                bail!("{key} must be positive");
             }
         }
         Ok(())
@@ -362,6 +441,46 @@ impl T5Config {
     /// A decoder-only or prefix LM: one stack, no encoder.
     pub fn is_single_stack(&self) -> bool {
         self.architecture().expect("validated on construction") != Architecture::EncoderDecoder
+    }
+
+    /// The routing of the mixture-of-experts feed-forwards, `None` when they are dense.
+    pub fn routing(&self) -> Option<fisherkit_nn::Routing> {
+        Some(fisherkit_nn::Routing {
+            experts: self.num_experts?,
+            top_k: self.num_experts_per_tok.unwrap_or(1),
+            capacity: self.expert_capacity.unwrap_or(DEFAULT_EXPERT_CAPACITY),
+            aux_loss_coef: self
+                .router_aux_loss_coef
+                .unwrap_or(DEFAULT_ROUTER_AUX_LOSS_COEF),
+            z_loss_coef: self.router_z_loss_coef.unwrap_or(0.0),
+        })
+    }
+
+    /// Whether feed-forward `layer` of the encoder (else of the decoder or single stack)
+    /// is a mixture of experts (HF SwitchTransformers' `sparse_step` rule).
+    pub fn is_sparse_layer(&self, encoder: bool, layer: usize) -> bool {
+        let step = if encoder {
+            self.encoder_sparse_step
+        } else {
+            self.decoder_sparse_step
+        }
+        .unwrap_or(1);
+        self.num_experts.is_some() && (step == 1 || layer % step == 1)
+    }
+
+    /// Sparse feed-forward layers of the encoder and of the decoder (or single stack).
+    pub fn sparse_layers(&self) -> (usize, usize) {
+        let count = |encoder: bool, depth: usize| {
+            (0..depth)
+                .filter(|&i| self.is_sparse_layer(encoder, i))
+                .count()
+        };
+        let encoder = if self.is_single_stack() {
+            0
+        } else {
+            count(true, self.num_layers)
+        };
+        (encoder, count(false, self.decoder_layers()))
     }
 
     pub fn kv_heads(&self) -> usize {
@@ -478,6 +597,13 @@ impl T5Config {
             share_layers: Some(String::new()),
             num_key_value_heads: Some(0),
             architecture: Some(String::new()),
+            num_experts: Some(0),
+            num_experts_per_tok: Some(0),
+            expert_capacity: Some(0),
+            router_aux_loss_coef: Some(0.0),
+            router_z_loss_coef: Some(0.0),
+            encoder_sparse_step: Some(0),
+            decoder_sparse_step: Some(0),
             ..Self::default()
         };
         let value = serde_json::to_value(&all).expect("config serialises");

@@ -33,11 +33,22 @@ pub fn forward(config: &T5Config, batch: usize, input_len: usize, target_len: us
         }
     };
     let head = targets * d * config.vocab_size as f64;
+    // A sparse layer runs the router (d × E) and each token's top-k experts in place of
+    // one feed-forward (dropped tokens counted: the nominal cost).
+    let (encoder_sparse, decoder_sparse) = config.sparse_layers();
+    let sparse_extra = config.routing().map_or(0.0, |r| {
+        (r.top_k as f64 - 1.0) * feed_forward + d * r.experts as f64
+    });
+    let experts = |layers: usize, tokens: f64| layers as f64 * tokens * sparse_extra;
     if config.is_single_stack() {
         let len = (input_len + target_len).saturating_sub(1);
         let tokens = (batch * len) as f64;
         let layer = tokens * (projections + feed_forward) + attention(len, len);
-        return 2.0 * (config.decoder_layers() as f64 * layer + factorise(tokens) + head);
+        return 2.0
+            * (config.decoder_layers() as f64 * layer
+                + experts(decoder_sparse, tokens)
+                + factorise(tokens)
+                + head);
     }
     let encoder_layer = inputs * (projections + feed_forward) + attention(input_len, input_len);
     let decoder_layer = targets * (projections + feed_forward)
@@ -47,6 +58,8 @@ pub fn forward(config: &T5Config, batch: usize, input_len: usize, target_len: us
         + attention(target_len, input_len);
     2.0 * (config.num_layers as f64 * encoder_layer
         + config.decoder_layers() as f64 * decoder_layer
+        + experts(encoder_sparse, inputs)
+        + experts(decoder_sparse, targets)
         + factorise(inputs + targets)
         + head)
 }
@@ -108,5 +121,30 @@ mod tests {
         // k and v: 512 → 128 columns, for self-attention tokens and cross-attention keys.
         let saved = 2.0 * 2.0 * 512.0 * 384.0 * (6.0 * 10.0 + 6.0 * 4.0 + 6.0 * 10.0);
         assert_eq!(base - forward(&grouped, 1, 10, 4), saved);
+    }
+
+    /// Experts every other layer (HF's sparse step 2: layers 1, 3, 5 of 6 per stack),
+    /// top-2 of 8: each sparse layer adds a router (512 × 8) and a second expert's
+    /// feed-forward per token; top-1 only the router.
+    #[test]
+    fn sparse_layers_add_a_router_and_the_extra_experts() {
+        let config = T5Config::preset("t5-small").unwrap();
+        let base = forward(&config, 1, 10, 4);
+        let settings = |top_k: &str| {
+            [
+                ("num_experts", "8"),
+                ("num_experts_per_tok", top_k),
+                ("encoder_sparse_step", "2"),
+                ("decoder_sparse_step", "2"),
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+        };
+        let top1 = config.with_settings(&settings("1")).unwrap();
+        let top2 = config.with_settings(&settings("2")).unwrap();
+        let tokens = 3.0 * 10.0 + 3.0 * 4.0;
+        let router = 2.0 * 512.0 * 8.0 * tokens;
+        assert_eq!(forward(&top1, 1, 10, 4) - base, router);
+        let expert = 2.0 * 2.0 * 512.0 * 2048.0 * tokens;
+        assert_eq!(forward(&top2, 1, 10, 4) - base, router + expert);
     }
 }

@@ -21,8 +21,8 @@ use fisherkit_nn::position::{Buckets, Rotary};
 use fisherkit_nn::stack::Context;
 use fisherkit_nn::{
     param_list, Attention, AttentionNames, Block, BlockNames, Dropout, Embedding, FeedForward,
-    FeedForwardNames, Inner, Linear, Norm, PositionKind, Positions, RelativeBias, Residual, Stack,
-    StackNames, Sublayer, SublayerNames,
+    FeedForwardNames, Inner, Linear, MixtureOfExperts, Norm, PositionKind, Positions, RelativeBias,
+    Residual, Stack, StackNames, Sublayer, SublayerNames,
 };
 
 use crate::config::{Architecture, T5Config};
@@ -151,7 +151,22 @@ fn stack(config: &T5Config, role: Role, device: &Device) -> Result<Stack> {
                     Some(cross),
                 ));
             }
-            layers.push(sublayer(Inner::FeedForward, "DenseReluDense.", None));
+            // HF SwitchTransformers names a sparse feed-forward `mlp.`.
+            layers.push(match config.routing() {
+                Some(routing) if config.is_sparse_layer(role == Role::Encoder, i) => {
+                    let experts = MixtureOfExperts::new(
+                        routing,
+                        config.feed_forward(),
+                        d,
+                        config.d_ff,
+                        FEED_FORWARD_NAMES,
+                        device,
+                    );
+                    let residual = Residual::new(norm_type.residual, device);
+                    Sublayer::experts(experts, norm(), residual, sublayer_names("mlp."))
+                }
+                _ => sublayer(Inner::FeedForward, "DenseReluDense.", None),
+            });
             Block::new(layers, BLOCK_NAMES)
         })
         .collect();

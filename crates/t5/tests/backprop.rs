@@ -235,6 +235,38 @@ fn backprop_equals_autodiff_for_single_stack_lms() {
     }
 }
 
+/// Mixture-of-experts feed-forwards (top-1 and top-2, capacity small enough that the
+/// 40-token input drops choices, sparse in every layer or every other one), in an
+/// encoder–decoder and a decoder-only LM: the router's gradient through the gates and
+/// the experts' gradients agree with autodiff.
+#[test]
+fn backprop_equals_autodiff_for_mixtures_of_experts() {
+    let device = Device::flex().autodiff();
+    for (top_k, step, architecture) in [
+        ("1", "1", "encoder-decoder"),
+        ("2", "2", "encoder-decoder"),
+        ("2", "1", "decoder-only"),
+    ] {
+        let settings: Vec<(String, String)> = [
+            ("num_experts", "3"),
+            ("num_experts_per_tok", top_k),
+            ("expert_capacity", "5"),
+            ("encoder_sparse_step", step),
+            ("decoder_sparse_step", "1"),
+            ("num_decoder_layers", "2"),
+            ("architecture", architecture),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .to_vec();
+        let model = switch_model(&settings, 11, &device);
+        assert!(model
+            .named_params()
+            .iter()
+            .any(|(n, _)| n.ends_with("mlp.router.classifier.weight")));
+        check_backprop(&model, &format!("{settings:?}"));
+    }
+}
+
 #[test]
 fn training_mode_and_other_dtypes_fall_back_to_autodiff() {
     let device = Device::flex().autodiff();

@@ -485,3 +485,198 @@ fn bad_checkpoints_are_named_errors() {
     let empty = vec![Example::new(vec![], vec![1])];
     assert!(fisherkit_t5::score(&model, &empty).is_err());
 }
+
+/// The micro model with mixture-of-experts feed-forwards: `experts` experts, top-`top_k`,
+/// `capacity` tokens per sequence, sparse in every layer of two-layer stacks.
+fn moe_model(top_k: usize, capacity: usize, extra: &[(&str, &str)], device: &Device) -> T5 {
+    let mut settings: Vec<(String, String)> = [
+        ("num_experts", "4".to_string()),
+        ("num_experts_per_tok", top_k.to_string()),
+        ("expert_capacity", capacity.to_string()),
+        ("num_decoder_layers", "2".to_string()),
+    ]
+    .map(|(k, v)| (k.to_string(), v))
+    .to_vec();
+    settings.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    switch_model(&settings, 5, device)
+}
+
+/// The router and the experts: autodiff of the burn forward against finite differences
+/// (top-1 and top-2, a capacity that drops choices of the 8-token input).
+#[test]
+fn finite_difference_gradients_f64_for_mixtures_of_experts() {
+    for top_k in [1, 2] {
+        let mut model = moe_model(top_k, 2, &[], &Device::flex().autodiff());
+        check_finite_differences(&mut model, &format!("experts top-{top_k}"));
+    }
+}
+
+/// One input token and one target token: each sparse layer routes one token (top-1), so
+/// exactly one expert per layer has a gradient and the other three have exactly zero,
+/// while every router's gradient is non-zero (softmax reaches all its rows).
+#[test]
+fn an_expert_no_token_reaches_gets_a_zero_gradient() {
+    let model = moe_model(1, 4, &[], &Device::flex().autodiff());
+    let batch = [Example::new(vec![7], vec![3])];
+    let loss = model.target_logprobs(&batch).unwrap().sum();
+    let grads = model.gradients(&loss.backward()).unwrap();
+    let mut layers: HashMap<String, Vec<bool>> = HashMap::new();
+    for (name, grad) in &grads {
+        if let Some((layer, rest)) = name.split_once("mlp.experts.expert_") {
+            let reached = grad.iter().any(|&g| g != 0.0);
+            let expert: usize = rest.split('.').next().unwrap().parse().unwrap();
+            let entry = layers.entry(layer.to_string()).or_insert(vec![false; 4]);
+            entry[expert] |= reached;
+        }
+        if name.ends_with("router.classifier.weight") {
+            assert!(grad.iter().any(|&g| g != 0.0), "{name}");
+        }
+    }
+    assert_eq!(layers.len(), 4, "two sparse layers per stack: {layers:?}");
+    for (layer, reached) in &layers {
+        assert_eq!(
+            reached.iter().filter(|&&r| r).count(),
+            1,
+            "{layer}: {reached:?}"
+        );
+    }
+}
+
+/// Capacity is per sequence and padding comes last, so an example scores the same alone
+/// and beside a longer one (whose tokens and padding would otherwise compete for the
+/// experts); a capacity of 1 makes every layer drop tokens.
+#[test]
+fn expert_routing_does_not_depend_on_the_batch() {
+    for top_k in [1, 2] {
+        let model = moe_model(top_k, 1, &[], &Device::flex());
+        let batch = micro_batch();
+        let together = fisherkit_t5::score(&model, &batch).unwrap();
+        for (i, example) in batch.iter().enumerate() {
+            let alone = fisherkit_t5::score(&model, std::slice::from_ref(example)).unwrap();
+            for (a, b) in alone[0].iter().zip(&together[i]) {
+                assert!((a - b).abs() < 1e-5, "top-{top_k} example {i}: {a} vs {b}");
+            }
+        }
+    }
+}
+
+/// The experts' parameters by closed form: every sparse layer replaces one feed-forward
+/// by E of them and a d × E router (HF's sparse step 2: layers 1 and 3 of each stack).
+#[test]
+fn mixture_of_experts_parameter_count_matches_the_closed_form() {
+    let tiny = T5Config::preset("tiny").unwrap();
+    let dense = T5::skeleton(&tiny, !tiny.tie_word_embeddings, &Device::flex())
+        .unwrap()
+        .num_params();
+    let (d, ff) = (tiny.d_model, tiny.d_ff);
+    let ffn = if tiny.feed_forward().gated { 3 } else { 2 } * d * ff;
+    for (step, sparse_layers) in [(1, 8), (2, 4)] {
+        let config = tiny
+            .with_settings(
+                &[
+                    ("num_experts", "8".to_string()),
+                    ("encoder_sparse_step", step.to_string()),
+                    ("decoder_sparse_step", step.to_string()),
+                ]
+                .map(|(k, v)| (k.to_string(), v)),
+            )
+            .unwrap();
+        assert_eq!(
+            tiny.num_layers, 4,
+            "the closed form assumes tiny's 4 + 4 layers"
+        );
+        let model = T5::skeleton(&config, !config.tie_word_embeddings, &Device::flex()).unwrap();
+        assert_eq!(
+            model.num_params(),
+            dense + sparse_layers * (7 * ffn + d * 8),
+            "sparse step {step}"
+        );
+        assert_eq!(
+            config.sparse_layers().0 + config.sparse_layers().1,
+            sparse_layers
+        );
+    }
+}
+
+/// A training forward collects one auxiliary loss per sparse layer, each α·E·Σ fᵢPᵢ in
+/// (0, α·E] (the Pᵢ are positive, Σ fᵢ = 1, Pᵢ ≤ 1); the z-loss adds to it; α = 0
+/// removes it.
+#[test]
+fn training_forwards_collect_one_auxiliary_loss_per_sparse_layer() {
+    use fisherkit_model::auxiliary::collect;
+    use fisherkit_model::Model;
+    let batch = micro_batch();
+    let total = |model: &T5| {
+        let (logits, losses) = collect(|| model.logits(&batch));
+        logits.unwrap();
+        assert_eq!(losses.len(), 4);
+        losses
+            .into_iter()
+            .map(|l| l.into_scalar::<f32>())
+            .sum::<f32>()
+    };
+    let device = Device::flex();
+    let plain = total(&moe_model(1, 4, &[], &device));
+    let with_z = total(&moe_model(1, 4, &[("router_z_loss_coef", "0.5")], &device));
+    assert!(plain > 0.0 && plain <= 4.0 * 0.01 * 4.0, "{plain}");
+    assert!(with_z > plain, "{with_z} vs {plain}");
+    let unweighted = total(&moe_model(1, 4, &[("router_aux_loss_coef", "0")], &device));
+    assert_eq!(unweighted, 0.0);
+}
+
+/// Inconsistent expert settings are refused naming the key.
+#[test]
+fn bad_expert_settings_are_named() {
+    let tiny = T5Config::preset("tiny").unwrap();
+    for (settings, key) in [
+        (vec![("num_experts", "1")], "num_experts"),
+        (
+            vec![("num_experts", "4"), ("num_experts_per_tok", "3")],
+            "num_experts_per_tok",
+        ),
+        (vec![("expert_capacity", "8")], "expert_capacity"),
+        (
+            vec![("num_experts", "4"), ("router_aux_loss_coef", "-1")],
+            "router_aux_loss_coef",
+        ),
+        (
+            vec![("num_experts", "4"), ("decoder_sparse_step", "0")],
+            "decoder_sparse_step",
+        ),
+    ] {
+        let settings: Vec<(String, String)> = settings
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let err = format!("{:#}", tiny.with_settings(&settings).unwrap_err());
+        assert!(err.contains(key), "{settings:?}: {err}");
+    }
+}
+
+/// Dropping is causal: in a decoder-only LM whose experts take one token per sequence,
+/// a target's log-probabilities do not change when later target tokens are appended
+/// (GShard's first-choices-first order would let later tokens take capacity from
+/// earlier second choices).
+#[test]
+fn expert_capacity_keeps_a_decoder_causal() {
+    for top_k in [1, 2] {
+        let model = moe_model(
+            top_k,
+            1,
+            &[("architecture", "decoder-only")],
+            &Device::flex(),
+        );
+        let full = Example::new(vec![5, 9, 3], vec![4, 8, 15, 16, 1, 7, 2]);
+        let whole = fisherkit_t5::score(&model, std::slice::from_ref(&full)).unwrap();
+        for cut in 1..full.target_ids.len() {
+            let prefix = Example::new(full.input_ids.clone(), full.target_ids[..cut].to_vec());
+            let part = fisherkit_t5::score(&model, &[prefix]).unwrap();
+            for (t, (a, b)) in part[0].iter().zip(&whole[0]).enumerate() {
+                assert!(
+                    (a - b).abs() < 1e-5,
+                    "top-{top_k} cut {cut} position {t}: {a} vs {b}"
+                );
+            }
+        }
+    }
+}

@@ -80,13 +80,22 @@ fn dropout_seed(seed: u64, step: u64, micro: usize) -> u64 {
     x ^ (x >> 33)
 }
 
-/// `(sum of -log p over target tokens, sum of z-loss terms)` of one batch, differentiable.
-pub fn batch_loss_terms(
-    model: &dyn Model,
-    batch: &[Example],
-    want_z: bool,
-) -> Result<(Tensor<1>, Option<Tensor<1>>)> {
-    let logits = model.logits(batch)?;
+/// The differentiable loss terms of one batch.
+pub struct LossTerms {
+    /// Sum of −log p over the target tokens.
+    pub nll: Tensor<1>,
+    /// Sum of the z-loss terms over the target tokens, when asked for.
+    pub z: Option<Tensor<1>>,
+    /// The model's own weighted auxiliary losses (mixture-of-experts routers), a mean
+    /// over the batch's tokens; `None` when the model has none.
+    pub auxiliary: Option<Tensor<1>>,
+}
+
+/// The loss terms of one batch (see [`LossTerms`]).
+pub fn batch_loss_terms(model: &dyn Model, batch: &[Example], want_z: bool) -> Result<LossTerms> {
+    let (logits, auxiliary) = fisherkit_model::auxiliary::collect(|| model.logits(batch));
+    let logits = logits?;
+    let auxiliary = auxiliary.into_iter().reduce(|a, b| a + b);
     let log_probs = log_softmax(logits.clone(), 2);
     let z = if want_z {
         // logsumexp = logit - log-softmax, read at vocabulary index 0; pad positions masked.
@@ -106,7 +115,7 @@ pub fn batch_loss_terms(
         None
     };
     let nll = gather_targets(log_probs, batch)?.sum().neg();
-    Ok((nll, z))
+    Ok(LossTerms { nll, z, auxiliary })
 }
 
 /// Mean cross-entropy per target token of `examples` (dropout off, no gradients).
@@ -116,8 +125,8 @@ pub fn mean_loss(model: &dyn Model, examples: &[Example], batch_size: usize) -> 
     let (mut total, mut tokens) = (0.0f64, 0usize);
     for chunk in order.chunks(batch_size.max(1)) {
         let batch: Vec<Example> = chunk.iter().map(|&i| examples[i].clone()).collect();
-        let (nll, _) = batch_loss_terms(model, &batch, false)?;
-        total += f64::from(nll.into_scalar::<f32>());
+        let terms = batch_loss_terms(model, &batch, false)?;
+        total += f64::from(terms.nll.into_scalar::<f32>());
         tokens += batch.iter().map(|e| e.target_ids.len()).sum::<usize>();
     }
     Ok(total / tokens.max(1) as f64)
@@ -444,7 +453,7 @@ pub fn train(
         if step.is_multiple_of(config.log_every.max(1)) || step == config.total_steps {
             log.write(serde_json::json!({
                 "step": step, "epoch": state.data_position.epoch, "loss": loss,
-                "z_loss": z_mean,
+                "z_loss": z_mean, "aux_loss": stats.auxiliary_loss,
                 "lr": lr, "grad_norm": grad_norm, "tokens": state.tokens_seen,
                 "tokens_per_s": tps, "elapsed_s": elapsed,
             }))?;
@@ -508,10 +517,14 @@ pub fn train(
 /// Loss statistics of one update.
 #[derive(Debug, Clone, Copy)]
 pub struct StepStats {
-    /// Mean cross-entropy per target token (+ z-loss term) over the step's batches.
+    /// Mean cross-entropy per target token (+ z-loss and auxiliary terms) over the step's
+    /// batches.
     pub loss: f64,
     /// Mean z-loss per target token, when enabled.
     pub z_loss: Option<f64>,
+    /// The model's weighted auxiliary loss (mixture-of-experts routers; included in
+    /// `loss`), when it has one.
+    pub auxiliary_loss: Option<f64>,
     /// Global gradient norm before clipping.
     pub grad_norm: f64,
 }
@@ -537,12 +550,23 @@ pub fn train_step(
         ensure!(step_targets > 0, "a training step without target tokens");
         let mut acc: Vec<Option<Tensor<2>>> = Vec::new();
         let (mut nll_sum, mut z_sum) = (0.0f64, 0.0f64);
+        // Σ over batches of the auxiliary loss × the batch's target tokens.
+        let mut auxiliary_sum: Option<f64> = None;
         for (k, batch) in batches.iter().enumerate() {
             device.seed(dropout_seed(config.seed, step, k));
-            let (nll, z) = batch_loss_terms(model, batch, config.z_loss > 0.0)?;
+            let LossTerms { nll, z, auxiliary } =
+                batch_loss_terms(model, batch, config.z_loss > 0.0)?;
             let mut loss = nll.clone();
             if let Some(z) = &z {
                 loss = loss + z.clone().mul_scalar(config.z_loss);
+            }
+            // A per-token mean, weighted by the batch's share of the step's targets: the
+            // step's auxiliary loss is the mean over its batches as if they were one.
+            if let Some(auxiliary) = &auxiliary {
+                let targets: usize = batch.iter().map(|e| e.target_ids.len()).sum();
+                loss = loss + auxiliary.clone().mul_scalar(targets as f64);
+                *auxiliary_sum.get_or_insert(0.0) +=
+                    f64::from(auxiliary.clone().inner().into_scalar::<f32>()) * targets as f64;
             }
             let grads = loss.div_scalar(step_targets as f64).backward();
             nll_sum += f64::from(nll.inner().into_scalar::<f32>());
@@ -562,7 +586,9 @@ pub fn train_step(
                 }
             }
         }
-        let loss = (nll_sum + config.z_loss * z_sum) / step_targets as f64;
+        let auxiliary = auxiliary_sum.map(|sum| sum / step_targets as f64);
+        let loss =
+            (nll_sum + config.z_loss * z_sum) / step_targets as f64 + auxiliary.unwrap_or(0.0);
         let sq_norms: Vec<Tensor<1>> = acc
             .iter()
             .flatten()
@@ -596,6 +622,7 @@ pub fn train_step(
         Ok(StepStats {
             loss,
             z_loss: (config.z_loss > 0.0).then(|| z_sum / step_targets as f64),
+            auxiliary_loss: auxiliary,
             grad_norm,
         })
     })
