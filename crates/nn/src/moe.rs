@@ -80,8 +80,10 @@ impl Routing {
         let mut dropped = 0;
         for sequence in 0..sequences {
             let mut taken = vec![0usize; experts];
-            for token in sequence * len..(sequence + 1) * len {
-                for &expert in &choices[token] {
+            let first = sequence * len;
+            for (offset, chosen) in choices[first..first + len].iter().enumerate() {
+                let token = first + offset;
+                for &expert in chosen {
                     if taken[expert] < self.capacity {
                         taken[expert] += 1;
                         assigned[expert].push(token);
