@@ -9,46 +9,37 @@ use serde_json::{Map, Value};
 pub struct ConfigKeys<'a>(pub &'a Map<String, Value>);
 
 impl ConfigKeys<'_> {
-    fn present(&self, key: &str) -> Option<&Value> {
-        self.0.get(key).filter(|v| !v.is_null())
+    /// The value of `key` read by `convert`, `default` when it is missing or `null`; an
+    /// error saying it is not `expected` when `convert` refuses it.
+    fn read<T>(
+        &self,
+        key: &str,
+        default: T,
+        convert: impl FnOnce(&Value) -> Option<T>,
+        expected: &str,
+    ) -> Result<T> {
+        match self.0.get(key).filter(|v| !v.is_null()) {
+            None => Ok(default),
+            Some(v) => convert(v).with_context(|| format!("\"{key}\" is {v}, not {expected}")),
+        }
     }
 
     pub fn usize(&self, key: &str, default: usize) -> Result<usize> {
-        match self.present(key) {
-            None => Ok(default),
-            Some(v) => v
-                .as_u64()
-                .map(|n| n as usize)
-                .with_context(|| format!("\"{key}\" is {v}, not a non-negative integer")),
-        }
+        let convert = |v: &Value| v.as_u64().map(|n| n as usize);
+        self.read(key, default, convert, "a non-negative integer")
     }
 
     pub fn f64(&self, key: &str, default: f64) -> Result<f64> {
-        match self.present(key) {
-            None => Ok(default),
-            Some(v) => v
-                .as_f64()
-                .with_context(|| format!("\"{key}\" is {v}, not a number")),
-        }
+        self.read(key, default, Value::as_f64, "a number")
     }
 
     pub fn bool(&self, key: &str, default: bool) -> Result<bool> {
-        match self.present(key) {
-            None => Ok(default),
-            Some(v) => v
-                .as_bool()
-                .with_context(|| format!("\"{key}\" is {v}, not true or false")),
-        }
+        self.read(key, default, Value::as_bool, "true or false")
     }
 
     pub fn string(&self, key: &str, default: &str) -> Result<String> {
-        match self.present(key) {
-            None => Ok(default.to_string()),
-            Some(v) => Ok(v
-                .as_str()
-                .with_context(|| format!("\"{key}\" is {v}, not a string"))?
-                .to_string()),
-        }
+        let convert = |v: &Value| v.as_str().map(str::to_string);
+        self.read(key, default.to_string(), convert, "a string")
     }
 }
 

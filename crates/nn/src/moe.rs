@@ -277,7 +277,17 @@ struct ExpertState {
 pub struct MixtureState {
     probs: Vec<f32>,
     choices: Vec<Vec<usize>>,
+    /// Per token, the gate of each chosen expert (in `choices` order).
+    gates: Vec<Vec<f32>>,
     experts: Vec<ExpertState>,
+}
+
+/// Where `expert` stands among a token's `chosen` experts.
+fn rank_of(chosen: &[usize], expert: usize) -> usize {
+    chosen
+        .iter()
+        .position(|&e| e == expert)
+        .expect("an expert processes only tokens that chose it")
 }
 
 impl CpuMixtureOfExperts {
@@ -293,6 +303,12 @@ impl CpuMixtureOfExperts {
             row.iter_mut().for_each(|v| *v /= total);
         });
         let dispatch = self.routing.dispatch(&probs, 1, rows);
+        let gates: Vec<Vec<f32>> = dispatch
+            .choices
+            .iter()
+            .zip(probs.chunks(count))
+            .map(|(chosen, row)| self.routing.gates(row, chosen))
+            .collect();
         let mut out = vec![0.0; rows * d];
         let mut experts = Vec::new();
         for (expert, assigned) in dispatch.assigned.into_iter().enumerate() {
@@ -306,7 +322,7 @@ impl CpuMixtureOfExperts {
                 .collect();
             let (state, output) = self.experts[expert].forward(&input, assigned.len());
             for (&r, y) in assigned.iter().zip(output.chunks(d)) {
-                let gate = self.gate(&probs, &dispatch.choices, r, expert);
+                let gate = gates[r][rank_of(&dispatch.choices[r], expert)];
                 out[r * d..(r + 1) * d]
                     .iter_mut()
                     .zip(y)
@@ -323,20 +339,10 @@ impl CpuMixtureOfExperts {
         let state = MixtureState {
             probs,
             choices: dispatch.choices,
+            gates,
             experts,
         };
         (state, out)
-    }
-
-    fn gate(&self, probs: &[f32], choices: &[Vec<usize>], row: usize, expert: usize) -> f32 {
-        let count = self.routing.experts;
-        let chosen = &choices[row];
-        let rank = chosen
-            .iter()
-            .position(|&e| e == expert)
-            .expect("a chosen expert");
-        self.routing
-            .gates(&probs[row * count..(row + 1) * count], chosen)[rank]
     }
 
     /// Adds the router's and experts' gradients; returns the input gradient.
@@ -362,12 +368,9 @@ impl CpuMixtureOfExperts {
                 .zip(dexpert.chunks_mut(d))
             {
                 let g = &dout[r * d..(r + 1) * d];
-                let rank = state.choices[r]
-                    .iter()
-                    .position(|&c| c == e.expert)
-                    .expect("chosen");
+                let rank = rank_of(&state.choices[r], e.expert);
                 dgates[r][rank] = g.iter().zip(y).map(|(a, b)| a * b).sum();
-                let gate = self.gate(&state.probs, &state.choices, r, e.expert);
+                let gate = state.gates[r][rank];
                 dy.iter_mut().zip(g).for_each(|(t, v)| *t = gate * v);
             }
             let dinput =
