@@ -54,6 +54,21 @@ fn keep_freed_memory() {
     }
 }
 
+/// A command's JSON report: written atomically to `out` when given, and printed.
+fn emit_json<T: serde::Serialize>(value: &T, out: Option<&std::path::Path>) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    use std::io::Write as _;
+    if let Some(out) = out {
+        fisherkit_common::atomic::write_json(out, value)?;
+    }
+    writeln!(
+        std::io::stdout(),
+        "{}",
+        serde_json::to_string_pretty(value)?
+    )
+    .context("writing to stdout")
+}
+
 mod bench;
 mod c4;
 mod encoder;
@@ -147,6 +162,15 @@ fn main() {
         Command::Bench(a) => bench::bench(a),
     };
     if let Err(err) = result {
+        // A reader that stopped early (`… | head`) is not a failure of the command.
+        let closed_pipe = err.chain().any(|cause| {
+            cause
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+        });
+        if closed_pipe {
+            std::process::exit(0);
+        }
         // `{:#}` prints the whole context chain on one line: file, line, field, cause.
         eprintln!("error: {err:#}");
         std::process::exit(1);

@@ -1,9 +1,13 @@
 //! Arguments of the `npeff` commands: fit, coeffs, synth, and the NPEFF benchmark.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
+use fisherkit_npeff::analysis::{Analysed, TopOptions};
 use fisherkit_npeff::fit::{self, FitSettings, RunOptions};
 use fisherkit_npeff::pef::PefKind;
+use fisherkit_npeff::perturb::{
+    DirectionSettings, Epsilon, PerturbReport, PerturbSettings, Rejection,
+};
 use fisherkit_npeff::synth::{synth as plant, SynthSpec};
 use std::path::PathBuf;
 
@@ -21,6 +25,142 @@ enum NpeffCommand {
     Coeffs(CoeffsArgs),
     /// Write planted PEFs from known W* and components, with the ground truth.
     Synth(SynthArgs),
+    /// Per component: its top examples (text, label, prediction, coefficient), their
+    /// label and correctness fractions, and its parameter attribution, as JSON.
+    Top(TopArgs),
+    /// The perturbation test: move the model's parameters along each component and
+    /// compare the change of its top examples' predictions with a random baseline set.
+    Perturb(PerturbArgs),
+    /// One self-contained HTML page: fit, summary table, and per component its top
+    /// examples, attribution chart and perturbation results.
+    Report(ReportArgs),
+}
+
+/// The decomposition and the PEFs it is read against.
+#[derive(Args, Debug)]
+struct AnalysedArgs {
+    /// Output of `npeff fit`.
+    #[arg(long)]
+    decomposition: PathBuf,
+    /// The PEF directory whose examples are shown (the one fitted, or another one with
+    /// --coeffs).
+    #[arg(long)]
+    pefs: PathBuf,
+    /// Coefficients of --pefs' examples from `npeff coeffs` [default: the
+    /// decomposition's own W, which must then be --pefs' examples].
+    #[arg(long)]
+    coeffs: Option<PathBuf>,
+    /// Components to report, e.g. `0,3,7` [default: all].
+    #[arg(long, value_parser = parse_components)]
+    components: Option<ComponentList>,
+    /// Read example texts from this file instead of the data file the PEFs record (it
+    /// must be the same file: its hash is checked).
+    #[arg(long)]
+    data: Option<PathBuf>,
+}
+
+/// `--components 0,3,7`.
+#[derive(Clone, Debug)]
+struct ComponentList(Vec<usize>);
+
+fn parse_components(list: &str) -> Result<ComponentList, String> {
+    fisherkit_npeff::analysis::parse_components(list)
+        .map(ComponentList)
+        .map_err(|e| format!("{e:#}"))
+}
+
+impl AnalysedArgs {
+    fn components(&self) -> Vec<usize> {
+        self.components.clone().map(|c| c.0).unwrap_or_default()
+    }
+
+    fn open(&self) -> Result<Analysed> {
+        Analysed::open(&self.decomposition, &self.pefs, self.coeffs.as_deref())
+    }
+
+    fn top_options(&self, top: usize) -> TopOptions {
+        TopOptions {
+            top,
+            components: self.components(),
+            data: self.data.clone(),
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+struct TopArgs {
+    #[command(flatten)]
+    analysed: AnalysedArgs,
+    /// Top examples per component.
+    #[arg(long, default_value_t = 10)]
+    top: usize,
+    /// Also write the JSON report here (atomically).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum RejectionArg {
+    Span,
+    Sequential,
+    None,
+}
+
+#[derive(Args, Debug)]
+struct PerturbArgs {
+    #[command(flatten)]
+    analysed: AnalysedArgs,
+    /// The checkpoint [default: the one the PEFs record].
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Top examples per component.
+    #[arg(long, default_value_t = 32)]
+    top: usize,
+    /// Baseline examples per component: a seeded random sample of the other examples.
+    #[arg(long, default_value_t = 128)]
+    baseline: usize,
+    /// Perturbation size ε (L2 norm in parameter space) [default: found per component by
+    /// --target-kl].
+    #[arg(long, conflicts_with = "target_kl")]
+    epsilon: Option<f64>,
+    /// Find ε per component so that the mean baseline KL(p_θ± ‖ p_θ) over both signs is
+    /// this (within 5 %).
+    #[arg(long, default_value_t = 0.01)]
+    target_kl: f64,
+    /// τ: other components with |cos| ≤ τ to a component are removed from its direction.
+    #[arg(long, default_value_t = 0.3)]
+    max_cos: f64,
+    /// How their overlap is removed (LRM): project out their span, the reference's
+    /// one-at-a-time loop, or not at all.
+    #[arg(long, value_enum, default_value_t = RejectionArg::Span)]
+    rejection: RejectionArg,
+    /// Also perturb along a random direction of the same norm (the control).
+    #[arg(long)]
+    random_control: bool,
+    /// Seeds the baseline sample, D-NPEFF signs and random directions.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Examples per forward pass.
+    #[arg(long, default_value_t = 16)]
+    batch_size: usize,
+    /// Also write the JSON report here (atomically).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct ReportArgs {
+    #[command(flatten)]
+    analysed: AnalysedArgs,
+    /// Top examples shown per component.
+    #[arg(long, default_value_t = 10)]
+    top: usize,
+    /// Output of `npeff perturb --out` to include.
+    #[arg(long)]
+    perturbations: Option<PathBuf>,
+    /// The HTML file to write.
+    #[arg(long)]
+    out: PathBuf,
 }
 
 #[derive(Args, Debug)]
@@ -221,7 +361,92 @@ pub fn npeff(args: NpeffArgs) -> Result<()> {
             eprintln!("wrote planted PEFs to {}", a.out.display());
             Ok(())
         }
+        NpeffCommand::Top(a) => {
+            let an = a.analysed.open()?;
+            let report = an.top(
+                &a.analysed.top_options(a.top),
+                &a.analysed.decomposition,
+                &a.analysed.pefs,
+            )?;
+            crate::emit_json(&report, a.out.as_deref())
+        }
+        NpeffCommand::Perturb(a) => {
+            let report = run_perturb(&a)?;
+            eprintln!(
+                "median ratio of the KL on top examples to the baseline KL: {:.3}{}",
+                report.median_ratio,
+                report
+                    .median_random_ratio
+                    .map(|r| format!(" (random directions: {r:.3})"))
+                    .unwrap_or_default()
+            );
+            crate::emit_json(&report, a.out.as_deref())
+        }
+        NpeffCommand::Report(a) => {
+            let an = a.analysed.open()?;
+            let top = an.top(
+                &a.analysed.top_options(a.top),
+                &a.analysed.decomposition,
+                &a.analysed.pefs,
+            )?;
+            let perturbations: Option<PerturbReport> = match &a.perturbations {
+                Some(path) => {
+                    let text = std::fs::read_to_string(path)
+                        .with_context(|| format!("reading {}", path.display()))?;
+                    Some(serde_json::from_str(&text).map_err(|e| {
+                        anyhow::anyhow!("{}: not an `npeff perturb` report: {e}", path.display())
+                    })?)
+                }
+                None => None,
+            };
+            let html = fisherkit_npeff::report::render(
+                &top,
+                &an.decomposition.info,
+                &an.decomposition.loss_history,
+                perturbations.as_ref(),
+            );
+            fisherkit_common::atomic::write_bytes(&a.out, html.as_bytes())?;
+            eprintln!(
+                "wrote {} ({} components)",
+                a.out.display(),
+                top.per_component.len()
+            );
+            Ok(())
+        }
     }
+}
+
+fn run_perturb(a: &PerturbArgs) -> Result<PerturbReport> {
+    let an = a.analysed.open()?;
+    let settings = PerturbSettings {
+        components: a.analysed.components(),
+        top: a.top,
+        baseline: a.baseline,
+        epsilon: match a.epsilon {
+            Some(e) => Epsilon::Fixed(e),
+            None => Epsilon::TargetKl(a.target_kl),
+        },
+        direction: DirectionSettings {
+            max_cos: a.max_cos,
+            rejection: match a.rejection {
+                RejectionArg::Span => Rejection::Span,
+                RejectionArg::Sequential => Rejection::Sequential,
+                RejectionArg::None => Rejection::None,
+            },
+            seed: a.seed,
+        },
+        random_control: a.random_control,
+    };
+    let count = an.select_components(&settings.components)?.len();
+    let bar = fisherkit_common::progress::bar(count as u64, "components");
+    let sources = fisherkit_fisher::perturb::PerturbSources {
+        model: a.model.clone(),
+        data: a.analysed.data.clone(),
+        batch_size: a.batch_size,
+    };
+    let report = fisherkit_fisher::perturb::run_perturb(&an, &sources, &settings, |_| bar.inc(1))?;
+    bar.finish_and_clear();
+    Ok(report)
 }
 
 #[derive(Args, Debug)]

@@ -254,7 +254,7 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
             predictions_out: args.save_predictions.clone(),
         };
         let scores = job::run_eval(&job, &Device::flex())?;
-        return emit_json(&scores, args.out.as_deref());
+        return crate::emit_json(&scores, args.out.as_deref());
     }
     let examples = fisherkit_tasks::load_examples(&args.data)?;
     let Some(pred_path) = &args.predictions else {
@@ -272,7 +272,7 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
     }
     let references: Vec<String> = examples.into_iter().map(|e| e.target).collect();
     let scores = metrics::evaluate(&predictions, &references, &metric_names, labels.as_deref())?;
-    emit_json(&scores, args.out.as_deref())
+    crate::emit_json(&scores, args.out.as_deref())
 }
 
 fn read_predictions(path: &std::path::Path) -> Result<Vec<String>> {
@@ -299,14 +299,6 @@ fn resolve_metrics(args: &EvalArgs) -> Result<(Vec<String>, Option<Vec<String>>)
             .map(|l| l.iter().map(|s| s.to_string()).collect())
     });
     Ok((metric_names, labels))
-}
-
-fn emit_json<T: serde::Serialize>(value: &T, out: Option<&std::path::Path>) -> Result<()> {
-    if let Some(out) = out {
-        fisherkit_common::atomic::write_json(out, value)?;
-    }
-    println!("{}", serde_json::to_string_pretty(value)?);
-    Ok(())
 }
 
 #[derive(Args, Debug)]

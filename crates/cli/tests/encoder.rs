@@ -636,4 +636,53 @@ fn pefs_and_npeff_on_a_classifier() {
     let (shape, w) = MappedFile::open(&fit).unwrap().read_f32("W").unwrap();
     assert_eq!(shape, vec![cases.len(), 2]);
     assert!(w.iter().all(|v| v.is_finite() && *v >= 0.0));
+
+    // The analyses run on the encoder too: top examples show the data line's input (here
+    // its ids) and the head's label names; the perturbation test re-runs the classifier, and its
+    // unperturbed accuracy on a component's top examples is what the PEFs stored.
+    let analysed = ["--decomposition", s(&fit), "--pefs", s(&pefs)];
+    let mut args = vec!["npeff", "top", "--top", "2"];
+    args.extend(analysed);
+    let top: serde_json::Value = serde_json::from_str(&ok(&args)).unwrap();
+    for c in top["per_component"].as_array().unwrap() {
+        for e in c["top_examples"].as_array().unwrap() {
+            let i = e["example"].as_u64().unwrap() as usize;
+            assert_eq!(
+                e["input"].as_str().unwrap(),
+                cases[i]["input_ids"].to_string()
+            );
+            assert!(e["label"].is_string() && e["prediction"].is_string());
+        }
+    }
+    let mut args = vec![
+        "npeff",
+        "perturb",
+        "--top",
+        "2",
+        "--baseline",
+        "2",
+        "--epsilon",
+        "0.5",
+    ];
+    args.extend(analysed);
+    let report: serde_json::Value = serde_json::from_str(&ok(&args)).unwrap();
+    let stored = |i: usize| {
+        let row = &logits[3 * i..3 * i + 3];
+        let predicted = (0..3).fold(0, |b, c| if row[c] > row[b] { c } else { b });
+        f64::from(u8::from(predicted as i64 == want[i]))
+    };
+    for c in report["per_component"].as_array().unwrap() {
+        let top: Vec<usize> = c["top_examples"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i.as_u64().unwrap() as usize)
+            .collect();
+        let accuracy = top.iter().map(|&i| stored(i)).sum::<f64>() / top.len() as f64;
+        assert!((c["original_accuracy_top"].as_f64().unwrap() - accuracy).abs() < 1e-12);
+        for sign in ["plus", "minus"] {
+            let kl = c["component_direction"][sign]["kl_top"].as_f64().unwrap();
+            assert!(kl.is_finite() && kl > 0.0, "{c}");
+        }
+    }
 }

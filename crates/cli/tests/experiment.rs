@@ -1,6 +1,7 @@
 //! `fisherkit experiment merge-synthetic` through the binary, at tiny sizes: the grid's
 //! endpoints against the fine-tuned models scored independently (`fisherkit eval` and
-//! `fisherkit score`), the plot, resuming, and bad input.
+//! `fisherkit score`), the plot, resuming, and bad input. `experiment npeff-synthetic
+//! --quick`: components against the shuffled and random controls, reports, resuming.
 
 mod support;
 
@@ -262,4 +263,213 @@ fn merge_synthetic_bad_input() {
     forced.push("--force".into());
     assert!(fails(&forced).contains("not an experiment directory"));
     assert!(out.join("keep.txt").exists());
+}
+
+#[test]
+fn npeff_synthetic_beats_its_controls_writes_reports_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("ns");
+    let args = ["experiment", "npeff-synthetic", "--quick", "--out", s(&out)];
+    let table = ok(&args);
+    assert!(
+        table.contains("D-NPEFF") && table.contains("LRM-NPEFF"),
+        "{table}"
+    );
+    let summary: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let components = 8;
+    let tasks = summary["tasks"].as_array().unwrap().len();
+    assert_eq!(summary["examples"], 8 * tasks);
+    for kind in ["d_npeff", "lrm_npeff"] {
+        let k = &summary[kind];
+        let f = |v: &Value| v.as_f64().unwrap();
+        for v in [&k["nmi_task"], &k["controls"]["shuffled"]["nmi_task"]] {
+            assert!((0.0..=1.0).contains(&f(v)), "{kind}: {v}");
+        }
+        for v in [
+            &k["purity"],
+            &k["skill_purity"],
+            &k["controls"]["shuffled"]["purity"],
+        ] {
+            assert!(
+                (1.0 / tasks as f64 - 1e-9..=1.0).contains(&f(v)),
+                "{kind}: {v}"
+            );
+        }
+        assert_eq!(
+            k["perturbation"]["ratios"].as_array().unwrap().len(),
+            components
+        );
+        assert_eq!(
+            k["controls"]["random_directions"]["ratios"]
+                .as_array()
+                .unwrap()
+                .len(),
+            components
+        );
+        assert_eq!(
+            k["controls"]["shuffled"]["perturbation"]["ratios"]
+                .as_array()
+                .unwrap()
+                .len(),
+            components
+        );
+        let page = out.join(format!("report-{}.html", &kind[..kind.find('_').unwrap()]));
+        let html = std::fs::read_to_string(&page).unwrap();
+        assert_eq!(
+            html.matches("<section class=\"component\"").count(),
+            components
+        );
+        // CI installs Chromium and sets this: the page renders in a real browser.
+        if std::env::var_os("FISHERKIT_CHECK_REPORTS").is_some() {
+            let script = support::testdata("../scripts/check-report.sh");
+            let status = std::process::Command::new(script)
+                .arg(&page)
+                .arg(components.to_string())
+                .status()
+                .unwrap();
+            assert!(
+                status.success(),
+                "{} failed the browser check",
+                page.display()
+            );
+        }
+    }
+    // D-NPEFF finds the tasks: its components align with them far better than components
+    // of the shuffled PEFs, and moving along them changes their own examples more than
+    // moving along a random direction does.
+    let d = &summary["d_npeff"];
+    let nmi = d["nmi_task"].as_f64().unwrap();
+    let shuffled = d["controls"]["shuffled"]["nmi_task"].as_f64().unwrap();
+    assert!(nmi > shuffled + 0.1, "NMI {nmi} vs shuffled {shuffled}");
+    let ratio = d["perturbation"]["median_ratio"].as_f64().unwrap();
+    let random = d["controls"]["random_directions"]["median_ratio"]
+        .as_f64()
+        .unwrap();
+    assert!(
+        ratio > 2.0 * random,
+        "ratio {ratio} vs random directions {random}"
+    );
+
+    // A rerun resumes: every phase is skipped and the summary is the same.
+    let again = run(&args);
+    assert!(again.status.success());
+    let log = String::from_utf8_lossy(&again.stderr);
+    assert!(!log.contains("done in"), "{log}");
+    let resumed: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(resumed["d_npeff"], summary["d_npeff"]);
+    // Other settings in the same directory are refused; nonsense is refused up front.
+    let err = fails(&[
+        "experiment",
+        "npeff-synthetic",
+        "--quick",
+        "--components",
+        "9",
+        "--out",
+        s(&out),
+    ]);
+    assert!(err.contains("other settings"), "{err}");
+    let fresh = dir.path().join("fresh");
+    let err = fails(&[
+        "experiment",
+        "npeff-synthetic",
+        "--quick",
+        "--components",
+        "0",
+        "--out",
+        s(&fresh),
+    ]);
+    assert!(err.contains("--components must be between 1"), "{err}");
+    assert!(!fresh.exists());
+}
+
+#[test]
+fn npeff_heuristic_plants_the_shortcut_and_accounts_for_every_example() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("nh");
+    let args = ["experiment", "npeff-heuristic", "--quick", "--out", s(&out)];
+    let table = ok(&args);
+    assert!(table.contains("← heuristic"), "{table}");
+    // The hint is planted in the task's training data at the requested rate.
+    let train = std::fs::read_to_string(out.join("data/count/train.jsonl")).unwrap();
+    let (mut n, mut true_hints) = (0, 0);
+    for line in train.lines() {
+        let row: Value = serde_json::from_str(line).unwrap();
+        let input = row["input"].as_str().unwrap();
+        let hint = input
+            .rsplit_once(" hint ")
+            .expect("every input has a hint")
+            .1;
+        n += 1;
+        true_hints += usize::from(hint == row["target"].as_str().unwrap());
+    }
+    let rate = true_hints as f64 / n as f64;
+    assert!((0.9..=0.99).contains(&rate), "hint rate {rate} over {n}");
+    let summary: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let f = |v: &Value| v.as_f64().unwrap();
+    let held_out = summary["eval_examples"].as_u64().unwrap() as f64;
+    assert_eq!(
+        held_out, 80.0,
+        "each of 40 examples with a lying and a true hint"
+    );
+    // Every misclassified example, and only those, went into the decomposition.
+    let original = &summary["original"];
+    let wrong = held_out / 2.0 * (1.0 - f(&original["counter"]))
+        + held_out / 2.0 * (1.0 - f(&original["consistent"]));
+    assert_eq!(summary["misclassified"].as_f64().unwrap(), wrong.round());
+    let lines = std::fs::read_to_string(out.join("misclassified.jsonl"))
+        .unwrap()
+        .lines()
+        .count();
+    assert_eq!(lines as f64, wrong.round());
+    // A counter-example answered with its (lying) hint is not answered right.
+    let rows = summary["repair"].as_array().unwrap();
+    assert_eq!(
+        rows.len(),
+        2 * 2 * 2,
+        "two directions × two steps × two signs"
+    );
+    for a in rows.iter().map(|r| &r["accuracy"]).chain([original]) {
+        assert!(
+            f(&a["counter"]) + f(&a["follows_hint"]) <= 1.0 + 1e-12,
+            "{a}"
+        );
+    }
+    let components = summary["components"].as_array().unwrap();
+    assert_eq!(components.len(), 3);
+    let best = components
+        .iter()
+        .map(|c| f(&c["follows_hint"]))
+        .fold(f64::NEG_INFINITY, f64::max);
+    let chosen = &components[summary["heuristic_component"].as_u64().unwrap() as usize];
+    assert_eq!(f(&chosen["follows_hint"]), best);
+    // Resume: nothing is redone.
+    let again = run(&args);
+    assert!(again.status.success());
+    assert!(!String::from_utf8_lossy(&again.stderr).contains("done in"));
+    // Bad settings are refused before any work.
+    let fresh = dir.path().join("fresh");
+    let err = fails(&[
+        "experiment",
+        "npeff-heuristic",
+        "--quick",
+        "--task",
+        "copy",
+        "--out",
+        s(&fresh),
+    ]);
+    assert!(err.contains("no fixed label set"), "{err}");
+    let err = fails(&[
+        "experiment",
+        "npeff-heuristic",
+        "--quick",
+        "--shortcut-rate",
+        "1.5",
+        "--out",
+        s(&fresh),
+    ]);
+    assert!(err.contains("--shortcut-rate must lie in [0, 1]"), "{err}");
+    assert!(!fresh.exists());
 }

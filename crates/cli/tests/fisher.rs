@@ -5,7 +5,7 @@ mod support;
 use fisherkit_common::st::MappedFile;
 use fisherkit_npeff::pef::PefDir;
 use std::path::{Path, PathBuf};
-use support::{ok, s};
+use support::{model_with_tokenizer, ok, s};
 
 /// A shared fixture directory as a `&'static str` for argument arrays (a few bytes
 /// leaked per call, in tests only).
@@ -233,29 +233,6 @@ fn dataset_fisher_is_the_batch_independent_mean_of_per_example_diagonals() {
             "norm taken before sparsifying"
         );
     }
-}
-
-/// A word-level tokenizer so label strings can be used with the id-only fixture.
-fn model_with_tokenizer(dir: &Path) -> PathBuf {
-    let model = dir.join("model");
-    std::fs::create_dir_all(&model).unwrap();
-    for f in ["config.json", "model.safetensors"] {
-        std::fs::copy(Path::new(fixture("t5-tiny-v10")).join(f), model.join(f)).unwrap();
-    }
-    let mut vocab = String::from("\"<pad>\": 0, \"</s>\": 1, \"<unk>\": 2");
-    for (i, w) in ["yes", "no", "maybe", "a", "b", "c", "d"]
-        .iter()
-        .enumerate()
-    {
-        vocab.push_str(&format!(", \"{w}\": {}", 3 + i));
-    }
-    let json = format!(
-        r#"{{"version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
-        "normalizer": null, "pre_tokenizer": {{"type": "Whitespace"}}, "post_processor": null,
-        "decoder": null, "model": {{"type": "WordLevel", "vocab": {{{vocab}}}, "unk_token": "<unk>"}}}}"#
-    );
-    std::fs::write(model.join("tokenizer.json"), json).unwrap();
-    model
 }
 
 #[test]

@@ -4,9 +4,10 @@
 mod support;
 
 use fisherkit_common::st::{self, MappedFile, OwnedTensor};
+use serde_json::Value;
 use std::collections::HashMap;
 use std::path::Path;
-use support::{fails, ok, s as p};
+use support::{fails, model_with_tokenizer, ok, s as p, testdata};
 
 fn synth(dir: &Path, kind: &str, examples: &str, parameters: &str) {
     ok(&[
@@ -218,6 +219,8 @@ fn decomposition_of_another_model_refused() {
         p(&out),
     ]);
     assert!(err.contains("different parameter table"), "{err}");
+    let err = fails(&["npeff", "top", "--pefs", p(&b), "--decomposition", p(&dec)]);
+    assert!(err.contains("different parameter table"), "{err}");
     let lr = tmp.path().join("lr");
     synth(&lr, "low-rank", "20", "200");
     let err = fails(&[
@@ -234,4 +237,204 @@ fn decomposition_of_another_model_refused() {
         err.contains("diagonal decomposition") && err.contains("low-rank PEFs"),
         "{err}"
     );
+}
+
+/// `(plus + minus) / 2` of a perturbation's baseline KL.
+fn mean_baseline_kl(pm: &Value) -> f64 {
+    (pm["plus"]["kl_baseline"].as_f64().unwrap() + pm["minus"]["kl_baseline"].as_f64().unwrap())
+        / 2.0
+}
+
+#[test]
+fn top_perturb_and_report_of_a_model_from_the_cli() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = model_with_tokenizer(tmp.path());
+    let data = tmp.path().join("d.jsonl");
+    let words = ["a", "b", "c", "d"];
+    let mut lines = vec![String::new()];
+    let mut inputs = vec![String::new()];
+    for i in 0..36 {
+        let input: Vec<&str> = (0..2 + i % 3).map(|j| words[(i * 5 + j * 3) % 4]).collect();
+        let mut input = input.join(" ");
+        if i == 7 {
+            input.push_str(" <b> & \"c\"");
+        }
+        let target = if input.contains('a') { "yes" } else { "no" };
+        lines.push(serde_json::json!({"input": input, "target": target}).to_string());
+        inputs.push(input);
+    }
+    // A blank first line: data lines and example indices differ by 2.
+    std::fs::write(&data, lines.join("\n") + "\n").unwrap();
+    let pefs = tmp.path().join("pefs");
+    ok(&[
+        "pefs",
+        "--model",
+        p(&model),
+        "--data",
+        p(&data),
+        "--outputs",
+        "labels",
+        "--labels",
+        "yes,no",
+        "--kind",
+        "diagonal",
+        "--top-k",
+        "300",
+        "--out",
+        p(&pefs),
+    ]);
+    let dec = tmp.path().join("dec.safetensors");
+    ok(&[
+        "npeff",
+        "fit",
+        "--pefs",
+        p(&pefs),
+        "--components",
+        "3",
+        "--iters",
+        "40",
+        "--out",
+        p(&dec),
+    ]);
+    let analysed = ["--decomposition", p(&dec), "--pefs", p(&pefs)];
+    let top_json = tmp.path().join("top.json");
+    let mut args = vec!["npeff", "top", "--top", "5", "--out", p(&top_json)];
+    args.extend(analysed);
+    let printed: Value = serde_json::from_str(&ok(&args)).unwrap();
+    let top: Value = serde_json::from_str(&std::fs::read_to_string(&top_json).unwrap()).unwrap();
+    assert_eq!(printed, top);
+    assert_eq!(top["label_names"], serde_json::json!(["yes", "no"]));
+    let components = top["per_component"].as_array().unwrap();
+    assert_eq!(components.len(), 3);
+    let table: Vec<String> = fisherkit_npeff::pef::PefDir::open(&pefs)
+        .unwrap()
+        .meta
+        .parameters
+        .iter()
+        .map(|e| e.name.clone())
+        .collect();
+    for c in components {
+        let examples = c["top_examples"].as_array().unwrap();
+        assert!(!examples.is_empty() && examples.len() <= 5);
+        let coefficients: Vec<f64> = examples
+            .iter()
+            .map(|e| e["coefficient"].as_f64().unwrap())
+            .collect();
+        assert!(
+            coefficients.windows(2).all(|w| w[0] >= w[1]),
+            "{coefficients:?}"
+        );
+        for e in examples {
+            // The text is the example's own line of the data file.
+            let i = e["example"].as_u64().unwrap() as usize;
+            assert_eq!(e["line"].as_u64().unwrap() as usize, i + 2);
+            assert_eq!(e["input"].as_str().unwrap(), inputs[i + 1]);
+            let label = e["label"].as_str().unwrap();
+            assert_eq!(
+                label,
+                if inputs[i + 1].contains('a') {
+                    "yes"
+                } else {
+                    "no"
+                }
+            );
+            assert_eq!(
+                e["correct"].as_bool().unwrap(),
+                e["prediction"] == e["label"]
+            );
+        }
+        for grouping in ["by_tensor", "by_layer", "by_kind"] {
+            let shares = c["attribution"][grouping].as_array().unwrap();
+            let total: f64 = shares.iter().map(|s| s["share"].as_f64().unwrap()).sum();
+            assert!((total - 1.0).abs() < 1e-6, "{grouping} sums to {total}");
+        }
+        for t in c["attribution"]["by_tensor"].as_array().unwrap() {
+            assert!(table.contains(&t["name"].as_str().unwrap().to_string()));
+        }
+    }
+
+    let perturbed = tmp.path().join("perturb.json");
+    let mut args = vec![
+        "npeff",
+        "perturb",
+        "--top",
+        "5",
+        "--baseline",
+        "12",
+        "--target-kl",
+        "0.02",
+        "--random-control",
+        "--out",
+        p(&perturbed),
+    ];
+    args.extend(analysed);
+    ok(&args);
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(&perturbed).unwrap()).unwrap();
+    let per = report["per_component"].as_array().unwrap();
+    assert_eq!(per.len(), 3);
+    for (c, t) in per.iter().zip(components) {
+        // ε was found so that the baseline KL hits the target; the top examples are
+        // `top`'s.
+        let kl = mean_baseline_kl(&c["component_direction"]);
+        assert!((kl - 0.02).abs() <= 0.05 * 0.02 + 1e-12, "baseline KL {kl}");
+        assert!(c["epsilon"].as_f64().unwrap() > 0.0);
+        let ids: Vec<&Value> = t["top_examples"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| &e["example"])
+            .collect();
+        let mine: Vec<&Value> = c["top_examples"].as_array().unwrap().iter().collect();
+        assert_eq!(ids, mine);
+        assert_eq!(c["baseline_examples"], 12);
+        assert!(c["random_direction"]["max_ratio"].as_f64().unwrap() > 0.0);
+    }
+
+    let html = tmp.path().join("report.html");
+    let mut args = vec![
+        "npeff",
+        "report",
+        "--perturbations",
+        p(&perturbed),
+        "--out",
+        p(&html),
+    ];
+    args.extend(analysed);
+    ok(&args);
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert_eq!(page.matches("<section class=\"component\"").count(), 3);
+    assert!(!page.contains("<b> &"));
+    if page.contains("&lt;b&gt;") {
+        assert!(page.contains("&lt;b&gt; &amp; &quot;c&quot;"));
+    }
+    assert!(page.contains("random (control)"));
+
+    // Bad input: a step of zero, a component out of range, another model, a report
+    // that is not a perturbation report.
+    let bad = |extra: &[&str], needle: &str| {
+        let mut args = vec!["npeff", "perturb"];
+        args.extend(analysed);
+        args.extend(extra);
+        let err = fails(&args);
+        assert!(err.contains(needle), "expected {needle:?} in {err}");
+    };
+    bad(&["--epsilon", "0"], "--epsilon must be positive");
+    bad(&["--components", "0,7"], "component 7 is out of range");
+    let other = testdata("fixtures/t5-tiny-v11");
+    bad(
+        &["--model", p(&other)],
+        "the PEFs were computed with another model",
+    );
+    let mut args = vec![
+        "npeff",
+        "report",
+        "--perturbations",
+        p(&top_json),
+        "--out",
+        p(&html),
+    ];
+    args.extend(analysed);
+    let err = fails(&args);
+    assert!(err.contains("not an `npeff perturb` report"), "{err}");
 }

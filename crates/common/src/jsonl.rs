@@ -31,7 +31,7 @@ pub fn iter<T: DeserializeOwned>(path: &Path) -> Result<impl Iterator<Item = Res
                     )))
                 }
             };
-            if line.trim().is_empty() {
+            if is_blank(&line) {
                 return None;
             }
             Some(
@@ -40,6 +40,21 @@ pub fn iter<T: DeserializeOwned>(path: &Path) -> Result<impl Iterator<Item = Res
                     .map_err(|e| crate::anyhow!("{}:{line_no}: {e}", path.display())),
             )
         }))
+}
+
+/// Blank lines are skipped by every reader: they are not examples.
+fn is_blank(line: &str) -> bool {
+    line.trim().is_empty()
+}
+
+/// The 1-based numbers of the lines [`iter`] yields (the non-blank ones), in order: the
+/// source line of the i-th record of `text`.
+pub fn record_line_numbers(text: &str) -> Vec<usize> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !is_blank(l))
+        .map(|(i, _)| i + 1)
+        .collect()
 }
 
 /// Read a whole JSONL file; an empty file is an error.

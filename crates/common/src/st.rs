@@ -96,6 +96,22 @@ pub fn to_f32(view: &TensorView<'_>) -> Result<Vec<f32>> {
     })
 }
 
+/// Convert a tensor view of a signed integer dtype (i64, i32) to i64.
+pub fn to_i64(view: &TensorView<'_>) -> Result<Vec<i64>> {
+    let data = view.data();
+    Ok(match view.dtype() {
+        Dtype::I64 => data
+            .chunks_exact(8)
+            .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
+            .collect(),
+        Dtype::I32 => data
+            .chunks_exact(4)
+            .map(|b| i64::from(i32::from_le_bytes(b.try_into().unwrap())))
+            .collect(),
+        other => crate::bail!("unsupported dtype {other:?} (expected a signed integer tensor)"),
+    })
+}
+
 /// Convert a tensor view of an integer dtype (i64, i32, u32, u64) to u64, refusing negatives.
 pub fn to_indices(view: &TensorView<'_>) -> Result<Vec<u64>> {
     let data = view.data();

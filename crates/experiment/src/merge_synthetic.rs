@@ -15,8 +15,9 @@
 //! - `results.jsonl`, `summary.json`, `merge-synthetic.svg`.
 
 use crate::plot::{self, Chart, Series};
+use crate::stage;
 use anyhow::{ensure, Context, Result};
-use fisherkit_common::atomic::{write_bytes, write_file, write_json, StagedDir};
+use fisherkit_common::atomic::{write_bytes, write_file, write_json};
 use fisherkit_fisher::evaluate::{Metric, ModelEvaluator};
 use fisherkit_fisher::job::{self, FisherJob, OutputsSpec};
 use fisherkit_fisher::model::{Item, Outputs};
@@ -27,11 +28,9 @@ use fisherkit_model::burn::tensor::Device;
 use fisherkit_model::{Model, ParamAccess};
 use fisherkit_tasks::{metrics, synthetic, tokenizer};
 use fisherkit_train::quickstart;
-use fisherkit_train::trainer::{self, RunOptions, TrainData};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 use tokenizers::Tokenizer;
 
 /// Settings of one experiment; everything but `out` and `force` is recorded in
@@ -194,48 +193,47 @@ const METHODS: [(&str, &str); 2] = [("isotropic", "linear"), ("fisher", "fisher"
 /// Run (or resume) the experiment; `log` receives one line per phase.
 pub fn run(opts: &Options, log: &mut dyn FnMut(&str)) -> Result<Summary> {
     opts.validate()?;
-    prepare_out_dir(opts)?;
+    let mut settings = serde_json::to_value(opts)?;
+    settings["experiment"] = "merge-synthetic".into();
+    stage::prepare_out_dir(&opts.out, opts.force, &settings)?;
     let out = &opts.out;
     let [a, b] = &opts.tasks;
-    let mut seconds = Vec::new();
-    let mut phase = |name: &str, done: bool, work: &mut dyn FnMut() -> Result<()>| {
-        if done {
-            log(&format!("{name}: output exists, skipped"));
-            seconds.push((name.to_string(), None));
-            return Ok(());
-        }
-        let start = Instant::now();
-        work().with_context(|| format!("phase {name}"))?;
-        let s = start.elapsed().as_secs_f64();
-        log(&format!("{name}: done in {s:.1} s"));
-        seconds.push((name.to_string(), Some(s)));
-        Ok::<_, anyhow::Error>(())
-    };
+    let mut phases = stage::Phases::new(log);
 
     let data_dir = out.join("data");
     let tk_path = data_dir.join("tokenizer.json");
-    phase("1/5 suite and tokenizer", data_dir.exists(), &mut || {
-        write_suite(opts, &data_dir)
+    phases.run("1/5 suite and tokenizer", data_dir.exists(), || {
+        stage::write_suite(
+            &data_dir,
+            opts.train_per_task,
+            opts.eval_per_task,
+            opts.seed,
+            None,
+        )
     })?;
     let tk = tokenizer::load(&tk_path)?;
 
     let pretrain_dir = out.join("pretrain");
-    phase(
+    phases.run(
         "2/5 pre-training",
         pretrain_dir.join("model").exists(),
-        &mut || {
+        || {
             let names = opts.pretrain_tasks();
             let model = fisherkit_models::init(
                 &quickstart::tiny_config(tk.get_vocab_size(true), opts.d_model, opts.layers),
                 opts.seed,
                 &Device::flex().autodiff(),
             )?;
-            train_on(
+            stage::train_on(
                 model,
                 &names,
-                opts.pretrain_lr,
-                opts.pretrain_steps,
-                opts,
+                &stage::Training {
+                    lr: opts.pretrain_lr,
+                    steps: opts.pretrain_steps,
+                    batch_size: opts.batch_size,
+                    seed: opts.seed,
+                },
+                &data_dir,
                 &tk,
                 &pretrain_dir,
             )
@@ -245,20 +243,24 @@ pub fn run(opts: &Options, log: &mut dyn FnMut(&str)) -> Result<Summary> {
     let finetuned = |task: &str| out.join(format!("finetune-{task}"));
     for task in [a, b] {
         let dir = finetuned(task);
-        phase(
+        phases.run(
             &format!("3/5 fine-tuning on {task}"),
             dir.join("model").exists(),
-            &mut || {
+            || {
                 let model = fisherkit_models::load(
                     &pretrain_dir.join("model"),
                     &Device::flex().autodiff(),
                 )?;
-                train_on(
+                stage::train_on(
                     model,
                     &[task.as_str()],
-                    opts.finetune_lr,
-                    opts.finetune_steps,
-                    opts,
+                    &stage::Training {
+                        lr: opts.finetune_lr,
+                        steps: opts.finetune_steps,
+                        batch_size: opts.batch_size,
+                        seed: opts.seed,
+                    },
+                    &data_dir,
                     &tk,
                     &dir,
                 )
@@ -269,10 +271,10 @@ pub fn run(opts: &Options, log: &mut dyn FnMut(&str)) -> Result<Summary> {
     let fisher_path = |task: &str| out.join(format!("fisher-{task}.safetensors"));
     for task in [a, b] {
         let path = fisher_path(task);
-        phase(
+        phases.run(
             &format!("4/5 Fisher of the {task} model"),
             path.exists(),
-            &mut || fisher(opts, &finetuned(task).join("model"), &data_dir, task, &path),
+            || fisher(opts, &finetuned(task).join("model"), &data_dir, task, &path),
         )?;
     }
 
@@ -282,7 +284,7 @@ pub fn run(opts: &Options, log: &mut dyn FnMut(&str)) -> Result<Summary> {
         .collect::<Result<Vec<_>>>()?;
     let results_path = out.join("results.jsonl");
     let mut rows = Vec::new();
-    phase("5/5 scoring the merges", results_path.exists(), &mut || {
+    phases.run("5/5 scoring the merges", results_path.exists(), || {
         rows = score_grid(
             opts,
             &finetuned(a),
@@ -333,7 +335,7 @@ pub fn run(opts: &Options, log: &mut dyn FnMut(&str)) -> Result<Summary> {
         pretrained,
         finetuned_a: endpoint(&finetuned(a).join("model"))?.0,
         finetuned_b: endpoint(&finetuned(b).join("model"))?.0,
-        seconds,
+        seconds: phases.seconds,
     };
     write_json(&out.join("summary.json"), &summary)?;
     write_bytes(
@@ -341,118 +343,6 @@ pub fn run(opts: &Options, log: &mut dyn FnMut(&str)) -> Result<Summary> {
         plot::svg(&chart(opts, &rows)).as_bytes(),
     )?;
     Ok(summary)
-}
-
-/// Refuse a directory that holds something else or another experiment's settings;
-/// with `force`, start an experiment directory from scratch (a directory that is not an
-/// experiment's is never deleted).
-fn prepare_out_dir(opts: &Options) -> Result<()> {
-    let out = &opts.out;
-    let settings = out.join("experiment.json");
-    if out.exists() {
-        ensure!(out.is_dir(), "--out {} is not a directory", out.display());
-        let empty = std::fs::read_dir(out)
-            .with_context(|| format!("reading {}", out.display()))?
-            .next()
-            .is_none();
-        ensure!(
-            empty || settings.exists(),
-            "--out {} exists and is not an experiment directory (no experiment.json); choose another --out",
-            out.display()
-        );
-        if opts.force {
-            std::fs::remove_dir_all(out)
-                .with_context(|| format!("removing {} (--force)", out.display()))?;
-        } else if settings.exists() {
-            let text = std::fs::read_to_string(&settings)
-                .with_context(|| format!("reading {}", settings.display()))?;
-            let saved: Options = serde_json::from_str(&text)
-                .with_context(|| format!("parsing {}", settings.display()))?;
-            let mut current = opts.clone();
-            current.out = PathBuf::new();
-            current.force = false;
-            ensure!(
-                saved == current,
-                "{} holds an experiment with other settings (see {}): use the same flags to resume, --force to start over, or another --out",
-                out.display(),
-                settings.display()
-            );
-            return Ok(());
-        }
-    }
-    write_json(&settings, opts)
-}
-
-/// Phase 1: every task of the suite (pre-training uses the others) and a tokenizer
-/// trained on all their training examples, in one atomically renamed directory.
-fn write_suite(opts: &Options, dir: &Path) -> Result<()> {
-    let staged = StagedDir::new(dir, false)?;
-    let sizes = synthetic::SplitSizes {
-        train: opts.train_per_task,
-        valid: 50,
-        test: opts.eval_per_task,
-    };
-    let names = synthetic::all_names();
-    synthetic::write_suite(staged.path(), &names, sizes, opts.seed)?;
-    let mut train = Vec::new();
-    for name in &names {
-        train.extend(load_split(staged.path(), name, "train")?);
-    }
-    tokenizer::save(
-        &quickstart::suite_tokenizer(&train)?,
-        &staged.path().join("tokenizer.json"),
-    )?;
-    staged.commit()?;
-    Ok(())
-}
-
-fn load_split(dir: &Path, task: &str, split: &str) -> Result<Vec<fisherkit_tasks::Example>> {
-    fisherkit_tasks::load_examples(&dir.join(task).join(format!("{split}.jsonl")))
-}
-
-/// Phases 2 and 3: train `model` on the training splits of `tasks` with the
-/// quickstart's recipe, checkpointing so an interrupted run continues where it stopped.
-fn train_on(
-    model: Box<dyn Model>,
-    tasks: &[&str],
-    lr: f64,
-    steps: u64,
-    opts: &Options,
-    tk: &Tokenizer,
-    out: &Path,
-) -> Result<()> {
-    let data_dir = opts.out.join("data");
-    let (mut train, mut valid) = (Vec::new(), Vec::new());
-    for task in tasks {
-        train.extend(quickstart::encode(
-            tk,
-            &load_split(&data_dir, task, "train")?,
-        )?);
-        valid.extend(quickstart::encode(
-            tk,
-            &load_split(&data_dir, task, "valid")?,
-        )?);
-    }
-    let mut config = quickstart::recipe(lr, steps, opts.batch_size, opts.seed)?;
-    config.checkpoint_every = Some((steps / 4).max(1));
-    let tk_path = data_dir.join("tokenizer.json");
-    trainer::train(
-        model,
-        TrainData {
-            train: &train,
-            valid: Some(&valid),
-        },
-        &config,
-        RunOptions {
-            out,
-            resume: true,
-            stop_after: None,
-            tokenizer: Some(&tk_path),
-            validator: None,
-            quiet: true,
-        },
-    )?;
-    Ok(())
 }
 
 /// Phase 4: the diagonal Fisher of a fine-tuned model on its own task's training
@@ -487,7 +377,7 @@ struct HeldOut {
 
 impl HeldOut {
     fn load(data_dir: &Path, task: &str, tk: &Tokenizer, limit: usize) -> Result<Self> {
-        let mut examples = load_split(data_dir, task, "test")?;
+        let mut examples = stage::load_split(data_dir, task, "test")?;
         examples.truncate(limit);
         let items = quickstart::encode(tk, &examples)?
             .into_iter()

@@ -26,6 +26,8 @@ pub struct Dataset {
     pub target_texts: Vec<String>,
     /// FNV-1a 64 of the data file's bytes, as recorded in Fisher metadata.
     pub hash: String,
+    /// The 1-based line of each item in the data file (what the analyses show).
+    pub lines: Vec<usize>,
 }
 
 /// Text → token ids as the model expects them (EOS appended).
@@ -71,10 +73,11 @@ pub fn load(
     limit: Option<usize>,
 ) -> Result<Dataset> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let hash = fnv1a64(&bytes);
+    let hash = fisherkit_common::data_hash(&bytes);
     let p = PathBuf::from(path);
     let mut items = Vec::new();
     let mut target_texts = Vec::new();
+    let mut lines = Vec::new();
     for line in jsonl::iter::<Row>(path)? {
         if limit.is_some_and(|n| items.len() >= n) {
             break;
@@ -132,6 +135,7 @@ pub fn load(
             Outputs::Tokens => None,
         };
         target_texts.push(row.target.clone().unwrap_or_default());
+        lines.push(line.line_no);
         items.push(Item {
             example: Example::new(input_ids, target_ids),
             label,
@@ -152,6 +156,7 @@ pub fn load(
         items,
         target_texts,
         hash,
+        lines,
     })
 }
 
@@ -167,6 +172,8 @@ pub fn load_classification(
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let mut examples = read_classification(path, tokenizer, Some(classes), false)?;
     examples.truncate(limit.unwrap_or(usize::MAX));
+    let mut lines = jsonl::record_line_numbers(&String::from_utf8_lossy(&bytes));
+    lines.truncate(examples.len());
     ensure!(!examples.is_empty(), "{}: no examples", path.display());
     let targets: Vec<Vec<u32>> = (0..classes.len() as u32).map(|c| vec![c]).collect();
     let items = examples
@@ -190,17 +197,8 @@ pub fn load_classification(
         Dataset {
             items,
             target_texts,
-            hash: fnv1a64(&bytes),
+            hash: fisherkit_common::data_hash(&bytes),
+            lines,
         },
     ))
-}
-
-/// FNV-1a (64-bit) of `bytes`, as `fnv1a64:<hex>`.
-pub fn fnv1a64(bytes: &[u8]) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in bytes {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x100_0000_01b3);
-    }
-    format!("fnv1a64:{h:016x}")
 }

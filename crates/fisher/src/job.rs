@@ -14,7 +14,7 @@ use fisherkit_model::burn::tensor::Device;
 use fisherkit_model::{LogProbModel, Model, TextTokenizer};
 use fisherkit_npeff::pef::{
     DiagonalExample, ExampleExtras, LowRankExample, ParameterEntry, PefHeader, PefKind, PefWriter,
-    SparseColumn, WriterOptions,
+    Provenance, SparseColumn, WriterOptions,
 };
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -40,7 +40,16 @@ pub fn with_model_source<R>(
     model_dir: &Path,
     work: impl FnOnce(&ModelSource<'_, Box<dyn Model>>) -> Result<R>,
 ) -> Result<R> {
-    let (model, tokenizer) = load_model(model_dir, true)?;
+    with_model_source_on(model_dir, true, work)
+}
+
+/// [`with_model_source`], recording gradients only when `autodiff`.
+pub fn with_model_source_on<R>(
+    model_dir: &Path,
+    autodiff: bool,
+    work: impl FnOnce(&ModelSource<'_, Box<dyn Model>>) -> Result<R>,
+) -> Result<R> {
+    let (model, tokenizer) = load_model(model_dir, autodiff)?;
     let encode = tokenizer
         .as_ref()
         .map(|tk| move |text: &str| tk.encode(text));
@@ -266,16 +275,22 @@ pub fn run_pefs<M: LogProbModel>(source: &ModelSource<'_, M>, job: &PefJob) -> R
         });
         offset += p.numel() as u64;
     }
-    let settings = serde_json::json!({
-        "model": source.dir.display().to_string(),
-        "data": job.data.display().to_string(),
-        "data_hash": dataset.hash,
-        "outputs": outputs_description(&outputs),
+    let provenance = Provenance {
+        model: Some(source.dir.display().to_string()),
+        data: Some(job.data.display().to_string()),
+        data_hash: Some(dataset.hash.clone()),
+        outputs: Some(outputs_description(&outputs)),
+        label_names: match &outputs {
+            Outputs::Labels { names, .. } => Some(names.clone()),
+            Outputs::Tokens => None,
+        },
+    };
+    let settings = provenance.with_settings(serde_json::json!({
         "top_k_classes": job.selection.top_k_per_position,
         "min_prob": job.selection.min_prob,
         "max_classes": job.selection.max_classes,
         "nonfinite_policy": "examples with non-finite gradients are written as empty PEFs with norm 0 and listed in skipped_nonfinite.json",
-    });
+    }));
     let header = PefHeader {
         kind: job.kind,
         n_parameters: n_params as u64,
@@ -328,6 +343,7 @@ pub fn run_pefs<M: LogProbModel>(source: &ModelSource<'_, M>, job: &PefJob) -> R
                     Outputs::Labels { .. } => log_probs.first().cloned(),
                     Outputs::Tokens => None,
                 },
+                source_line: Some(dataset.lines[index] as u64),
             };
             let context = || format!("example {}", index + 1);
             match job.kind {

@@ -17,6 +17,7 @@ pub mod evaluate;
 pub mod example;
 pub mod job;
 pub mod model;
+pub mod perturb;
 pub mod select;
 pub mod sparse;
 

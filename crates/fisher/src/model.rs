@@ -136,6 +136,40 @@ impl<'a, M: LogProbModel> ModelGradients<'a, M> {
     }
 }
 
+/// The log-probabilities of `outputs` for each item, without gradients: per item its
+/// rows (one per target position, or one row over the labels) of class log-probabilities.
+pub fn output_log_probs<M: LogProbModel + ?Sized>(
+    model: &M,
+    outputs: &Outputs,
+    items: &[Item],
+) -> Result<Vec<Vec<Vec<f32>>>> {
+    let examples: Vec<Example> = items.iter().map(|i| i.example.clone()).collect();
+    match outputs {
+        Outputs::Labels { targets, .. } => {
+            let lp = to_vec(label_log_probs(model, &examples, targets)?.detach())?;
+            Ok(lp
+                .chunks(targets.len())
+                .map(|row| vec![row.to_vec()])
+                .collect())
+        }
+        Outputs::Tokens => {
+            let lsm = model.log_softmax(&examples)?.detach();
+            let [_, len, vocab] = lsm.dims();
+            let values = to_vec(lsm)?;
+            Ok(examples
+                .iter()
+                .enumerate()
+                .map(|(b, e)| {
+                    // Rows beyond the example's own target are padding.
+                    (0..e.target_ids.len())
+                        .map(|t| values[(b * len + t) * vocab..(b * len + t + 1) * vocab].to_vec())
+                        .collect()
+                })
+                .collect())
+        }
+    }
+}
+
 /// log p(label | input) of every label for every example, normalised over the labels
 /// (each label's probability is that of its full token sequence): `[examples, labels]`.
 /// Differentiable when the model is on an autodiff device.
@@ -251,33 +285,7 @@ impl<M: LogProbModel> GradientModel for ModelGradients<'_, M> {
     }
 
     fn log_probs_batch(&self, items: &[Item]) -> Result<Vec<Vec<Vec<f32>>>> {
-        let examples: Vec<Example> = items.iter().map(|i| i.example.clone()).collect();
-        match &self.outputs {
-            Outputs::Labels { targets, .. } => {
-                let lp = to_vec(label_log_probs(self.model, &examples, targets)?.detach())?;
-                Ok(lp
-                    .chunks(targets.len())
-                    .map(|row| vec![row.to_vec()])
-                    .collect())
-            }
-            Outputs::Tokens => {
-                let lsm = self.model.log_softmax(&examples)?.detach();
-                let [_, len, vocab] = lsm.dims();
-                let values = to_vec(lsm)?;
-                Ok(examples
-                    .iter()
-                    .enumerate()
-                    .map(|(b, e)| {
-                        // Rows beyond the example's own target are padding.
-                        (0..e.target_ids.len())
-                            .map(|t| {
-                                values[(b * len + t) * vocab..(b * len + t + 1) * vocab].to_vec()
-                            })
-                            .collect()
-                    })
-                    .collect())
-            }
-        }
+        output_log_probs(self.model, &self.outputs, items)
     }
 
     fn grad(&self, item: &Item, picks: &[Pick]) -> Result<Vec<f32>> {

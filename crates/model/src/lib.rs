@@ -496,19 +496,7 @@ impl<M: LogProbModel + ?Sized> LogProbModel for Box<M> {
     }
 }
 
-/// The index of the largest value (the first on ties, as `torch.argmax`); 0 when empty.
-pub fn argmax(row: &[f32]) -> usize {
-    row.iter()
-        .enumerate()
-        .fold((0, f32::NEG_INFINITY), |best, (i, &v)| {
-            if v > best.1 {
-                (i, v)
-            } else {
-                best
-            }
-        })
-        .0
-}
+pub use fisherkit_common::argmax;
 
 /// Teacher-forced per-token log-probabilities of each example's target, in order.
 pub fn score<M: LogProbModel + ?Sized>(model: &M, batch: &[Example]) -> Result<Vec<Vec<f32>>> {

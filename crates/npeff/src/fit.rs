@@ -480,12 +480,17 @@ fn write_result(
     st::write(path, &tensors, meta)
 }
 
-/// A fitted decomposition as `coeffs` needs it.
+/// A fitted decomposition: what `coeffs` keeps fixed and the analyses read.
 pub struct Decomposition {
     pub info: DecompositionInfo,
-    /// The fixed dictionary (H or G), r × n_kept row-major.
+    /// The dictionary (H or G), r × n_kept row-major.
     pub dict: Vec<f32>,
+    /// The flat parameter index of each dictionary column (ascending).
     pub kept: Vec<u64>,
+    /// Coefficients of the fitted examples, examples × r row-major.
+    pub w: Vec<f32>,
+    /// (iteration, loss) as logged by the fit.
+    pub loss_history: Vec<(usize, f64)>,
 }
 
 impl Decomposition {
@@ -505,16 +510,38 @@ impl Decomposition {
         let kept = st::to_indices(&view)
             .with_context(|| format!("{}: tensor `kept_columns`", path.display()))?;
         ensure!(
-            kept.len() == info.n_kept && kept.windows(2).all(|w| w[0] < w[1]),
-            "{}: `kept_columns` must hold {} strictly ascending indices",
+            kept.len() == info.n_kept
+                && kept.windows(2).all(|w| w[0] < w[1])
+                && kept.last().is_none_or(|&k| k < info.n_parameters),
+            "{}: `kept_columns` must hold {} strictly ascending indices below {}",
             path.display(),
-            info.n_kept
+            info.n_kept,
+            info.n_parameters
         );
-        Ok(Self { info, dict, kept })
+        let (shape, w) = file.read_f32("W")?;
+        ensure!(
+            shape.len() == 2 && shape[1] == r,
+            "{}: tensor `W` has shape {shape:?}, expected [examples, {r}]",
+            path.display()
+        );
+        let loss_history = read_history(&file)?;
+        Ok(Self {
+            info,
+            dict,
+            kept,
+            w,
+            loss_history,
+        })
+    }
+
+    /// Components r.
+    pub fn components(&self) -> usize {
+        self.info.settings.components
     }
 
     /// Save a decomposition given directly (e.g. a planted ground truth).
-    pub fn save(&self, path: &Path, w: &[f32]) -> Result<()> {
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let w = &self.w;
         let r = self.info.settings.components;
         let name = if self.info.kind == PefKind::Diagonal {
             "H"
@@ -532,13 +559,17 @@ impl Decomposition {
                 "kept_columns".to_string(),
                 OwnedTensor::i64(vec![self.kept.len()], &kept_i64),
             ),
-            ("loss_history".to_string(), history_tensor(&[])),
+            (
+                "loss_history".to_string(),
+                history_tensor(&self.loss_history),
+            ),
         ];
         let meta = HashMap::from([(META_KEY.to_string(), serde_json::to_string(&self.info)?)]);
         st::write(path, &tensors, meta)
     }
 
-    fn check_against(&self, meta: &PefMeta, pefs: &Path, path: &Path) -> Result<()> {
+    /// Refuse PEFs of another kind, parameter table or class count than the fit's.
+    pub fn check_against(&self, meta: &PefMeta, pefs: &Path, path: &Path) -> Result<()> {
         if meta.kind != self.info.kind {
             bail!(
                 "{} is a {} decomposition but {} holds {} PEFs",
@@ -584,6 +615,7 @@ impl PefRows {
             indices: self.indices[a..b].to_vec(),
             values: self.values[a..b].to_vec(),
             norms: self.norms[first..first + count].to_vec(),
+            extras: self.extras[first..first + count].to_vec(),
         }
     }
 }

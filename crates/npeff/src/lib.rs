@@ -6,12 +6,17 @@
 //! - [`solve`]: the D-NPEFF / LRM-NPEFF iterations and W-only coefficient fitting.
 //! - [`fit`]: the `fit` and `coeffs` drivers (progress, checkpoints, outputs).
 //! - [`synth`]: planted PEFs with ground truth.
+//! - [`analysis`]: what components mean (top examples, parameter attribution).
+//! - [`perturb`]: the perturbation test (does a component's direction drive its examples?).
 
+pub mod analysis;
 pub mod bench;
 pub mod fit;
 pub mod linalg;
 pub mod pef;
+pub mod perturb;
 pub mod prep;
+pub mod report;
 pub mod solve;
 pub mod synth;
 

@@ -99,16 +99,12 @@ impl PefMeta {
     /// decomposition fitted on a different model.
     pub fn parameter_fingerprint(&self) -> String {
         let table = serde_json::to_string(&self.parameters).expect("serialisable");
-        let mut h: u64 = 0xcbf29ce484222325;
-        for b in self
-            .n_parameters
-            .to_le_bytes()
-            .iter()
-            .chain(table.as_bytes())
-        {
-            h ^= *b as u64;
-            h = h.wrapping_mul(0x100000001b3);
-        }
+        let h = fisherkit_common::fnv1a64(
+            self.n_parameters
+                .to_le_bytes()
+                .iter()
+                .chain(table.as_bytes()),
+        );
         format!("{h:016x}")
     }
 
@@ -148,12 +144,57 @@ impl PefMeta {
     }
 }
 
-/// Optional per-example extras stored beside the Fisher.
-#[derive(Clone, Debug, Default)]
+/// Where a model's PEFs came from: the keys of `settings` the analyses read back (the
+/// producer may store more). Synthetic PEFs have none of them.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct Provenance {
+    /// The checkpoint directory the PEFs were computed with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// The JSONL data file; examples' `source_line`s refer to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<String>,
+    /// `fnv1a64:<hex>` of the data file's bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_hash: Option<String>,
+    /// The outputs the Fisher was taken over: `labels:a,b,…` or `tokens`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outputs: Option<String>,
+    /// Names of the label indices in `labels` / `predictions` / `logits`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label_names: Option<Vec<String>>,
+}
+
+impl Provenance {
+    /// The provenance recorded in a PEF directory's settings (empty when it has none).
+    pub fn of(meta: &PefMeta) -> Self {
+        serde_json::from_value(meta.settings.clone()).unwrap_or_default()
+    }
+
+    /// These keys merged into a producer's other `settings`.
+    pub fn with_settings(&self, mut settings: serde_json::Value) -> serde_json::Value {
+        if let (Some(target), serde_json::Value::Object(mine)) = (
+            settings.as_object_mut(),
+            serde_json::to_value(self).expect("serialisable"),
+        ) {
+            target.extend(mine);
+        }
+        settings
+    }
+}
+
+/// Optional per-example extras stored beside the Fisher: what the analyses show next to
+/// an example (its label, the model's prediction and log-probabilities) and where it
+/// came from.
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct ExampleExtras {
     pub label: Option<i64>,
     pub prediction: Option<i64>,
+    /// The model's log-probabilities of the outputs (labels) for this example.
     pub logits: Option<Vec<f32>>,
+    /// 1-based line of the example in the data file named by the producer's settings
+    /// (`settings.data`).
+    pub source_line: Option<u64>,
 }
 
 /// A sparsified diagonal PEF: the top-k values (descending) with flat parameter indices.
@@ -338,6 +379,7 @@ struct Buffer {
     n_logits: Option<usize>,
     n_labels: usize,
     n_predictions: usize,
+    source_lines: Vec<i64>,
 }
 
 impl PefWriter {
@@ -521,6 +563,9 @@ impl PefWriter {
             b.predictions.push(p);
             b.n_predictions += 1;
         }
+        if let Some(line) = extras.source_line {
+            b.source_lines.push(line as i64);
+        }
         if let Some(logits) = &extras.logits {
             let width = *b.n_logits.get_or_insert(logits.len());
             ensure!(
@@ -544,7 +589,11 @@ impl PefWriter {
             return Ok(());
         }
         let (n, k) = (b.n, self.meta.top_k);
-        for (what, count) in [("labels", b.n_labels), ("predictions", b.n_predictions)] {
+        for (what, count) in [
+            ("labels", b.n_labels),
+            ("predictions", b.n_predictions),
+            ("source lines", b.source_lines.len()),
+        ] {
             ensure!(
                 count == 0 || count == n,
                 "{what} given for {count} of the {n} examples of a shard: give them for all or none"
@@ -590,6 +639,12 @@ impl PefWriter {
         if let Some(width) = b.n_logits {
             tensors.push(("logits".into(), OwnedTensor::f32(vec![n, width], &b.logits)));
         }
+        if !b.source_lines.is_empty() {
+            tensors.push((
+                "source_lines".into(),
+                OwnedTensor::i64(vec![n], &b.source_lines),
+            ));
+        }
         let file = format!("shard-{:05}.safetensors", self.meta.shards.len());
         st::write(&self.dir.join(&file), &tensors, HashMap::new())?;
         self.meta.shards.push(ShardEntry {
@@ -631,6 +686,8 @@ pub struct PefRows {
     pub values: Vec<f32>,
     /// Dense norms recorded by the producer, one per example.
     pub norms: Vec<f32>,
+    /// What the producer stored beside each example (empty fields when it stored none).
+    pub extras: Vec<ExampleExtras>,
 }
 
 impl PefRows {
@@ -649,6 +706,7 @@ impl PefRows {
         self.indices.extend(other.indices);
         self.values.extend(other.values);
         self.norms.extend(other.norms);
+        self.extras.extend(other.extras);
         self.n_examples += other.n_examples;
         self.rows_per_example = other.rows_per_example;
     }
@@ -802,29 +860,7 @@ fn parse_shard(file: &MappedFile, meta: &PefMeta, first_example: usize) -> Resul
             first_example + r
         );
     }
-    for (name, width) in [
-        ("labels", None),
-        ("predictions", None),
-        ("logits", Some(())),
-    ] {
-        if let Ok(v) = st.tensor(name) {
-            let ok = match width {
-                None => v.shape() == [n] && matches!(v.dtype(), Dtype::I64 | Dtype::I32),
-                Some(()) => v.shape().len() == 2 && v.shape()[0] == n,
-            };
-            ensure!(
-                ok,
-                "{p}: tensor `{name}` has shape {:?} / dtype {:?}, expected [{n}]{} ",
-                v.shape(),
-                v.dtype(),
-                if width.is_some() {
-                    ", C] floats"
-                } else {
-                    " integers"
-                }
-            );
-        }
-    }
+    let extras = read_extras(&st, n, &p.to_string())?;
     let c = meta.rows_per_example();
     let offsets: Option<Vec<u64>> = if meta.kind == PefKind::LowRank {
         let v = get("col_offsets")?;
@@ -845,6 +881,7 @@ fn parse_shard(file: &MappedFile, meta: &PefMeta, first_example: usize) -> Resul
         indices: Vec::with_capacity(n * k),
         values: Vec::with_capacity(n * k),
         norms,
+        extras,
     };
     rows.row_ptr.push(0);
     let mut seen: Vec<u64> = Vec::new();
@@ -913,4 +950,56 @@ fn parse_shard(file: &MappedFile, meta: &PefMeta, first_example: usize) -> Resul
         }
     }
     Ok(rows)
+}
+
+/// The optional per-example tensors of a shard (`labels`, `predictions`, `logits`,
+/// `source_lines`), validated against its `n` examples.
+fn read_extras(st: &safetensors::SafeTensors<'_>, n: usize, p: &str) -> Result<Vec<ExampleExtras>> {
+    let integers = |name: &str| -> Result<Option<Vec<i64>>> {
+        let Ok(v) = st.tensor(name) else {
+            return Ok(None);
+        };
+        ensure!(
+            v.shape() == [n] && matches!(v.dtype(), Dtype::I64 | Dtype::I32),
+            "{p}: tensor `{name}` has shape {:?} / dtype {:?}, expected [{n}] integers",
+            v.shape(),
+            v.dtype()
+        );
+        let values = st::to_i64(&v).with_context(|| format!("{p}: tensor `{name}`"))?;
+        Ok(Some(values))
+    };
+    let labels = integers("labels")?;
+    let predictions = integers("predictions")?;
+    let source_lines = integers("source_lines")?;
+    if let Some(lines) = &source_lines {
+        if let Some(r) = lines.iter().position(|&l| l < 1) {
+            bail!(
+                "{p}: tensor `source_lines` row {r}: {} is not a 1-based line number",
+                lines[r]
+            );
+        }
+    }
+    let logits = match st.tensor("logits") {
+        Ok(v) => {
+            ensure!(
+                v.shape().len() == 2 && v.shape()[0] == n,
+                "{p}: tensor `logits` has shape {:?}, expected [{n}, C] floats",
+                v.shape()
+            );
+            let width = v.shape()[1];
+            let data = st::to_f32(&v).with_context(|| format!("{p}: tensor `logits`"))?;
+            Some((width, data))
+        }
+        Err(_) => None,
+    };
+    Ok((0..n)
+        .map(|i| ExampleExtras {
+            label: labels.as_ref().map(|l| l[i]),
+            prediction: predictions.as_ref().map(|l| l[i]),
+            logits: logits
+                .as_ref()
+                .map(|(w, data)| data[i * w..(i + 1) * w].to_vec()),
+            source_line: source_lines.as_ref().map(|l| l[i] as u64),
+        })
+        .collect())
 }

@@ -233,3 +233,88 @@ pub fn synth(spec: &SynthSpec, out: &Path, overwrite: bool) -> Result<()> {
         )]),
     )
 }
+
+/// A control copy of the PEFs in `pefs`: every example keeps its values, norm and extras,
+/// but its parameter indices go through its own random bijection of the parameter space
+/// (k ↦ (a·k + b) mod n with gcd(a, n) = 1, seeded per example). What examples share —
+/// the structure NPEFF finds — is destroyed; sparsity and value distributions are not.
+/// The header (parameter table, producer settings) is kept, so the copy still names its
+/// model and data.
+pub fn shuffled_copy(pefs: &Path, out: &Path, seed: u64) -> Result<()> {
+    use crate::pef::{PefDir, SparseColumn};
+    let dir = PefDir::open(pefs)?;
+    let meta = &dir.meta;
+    let n = meta.n_parameters;
+    let header = PefHeader {
+        kind: meta.kind,
+        n_parameters: n,
+        parameters: meta.parameters.clone(),
+        top_k: meta.top_k,
+        n_classes: meta.n_classes,
+        settings: meta.settings.clone(),
+    };
+    // An unfinished copy from an interrupted run is replaced.
+    let options = WriterOptions {
+        overwrite: true,
+        ..WriterOptions::default()
+    };
+    let mut writer = PefWriter::create(out, header, options)?;
+    let gcd = |mut a: u64, mut b: u64| {
+        while b != 0 {
+            (a, b) = (b, a % b);
+        }
+        a
+    };
+    let mut done = 0;
+    for s in 0..dir.n_shards() {
+        let rows = dir.read_shard(s, done)?;
+        for e in 0..rows.n_examples {
+            let i = done + e;
+            let mut rng = row_rng(seed, 77, i);
+            let a = loop {
+                let a = rng.random_range(1..n.max(2));
+                if gcd(a, n) == 1 {
+                    break a;
+                }
+            };
+            let b = rng.random_range(0..n);
+            let map =
+                |k: u64| ((u128::from(a) * u128::from(k) + u128::from(b)) % u128::from(n)) as u64;
+            let c = rows.rows_per_example;
+            match meta.kind {
+                PefKind::Diagonal => {
+                    let (idx, val) = rows.row(e);
+                    writer.push_diagonal(&DiagonalExample {
+                        values: val.to_vec(),
+                        indices: idx.iter().map(|&k| map(k)).collect(),
+                        norm: rows.norms[e],
+                        extras: rows.extras[e].clone(),
+                    })?;
+                }
+                PefKind::LowRank => {
+                    let columns = (0..c)
+                        .map(|col| {
+                            let (idx, val) = rows.row(e * c + col);
+                            let mut pairs: Vec<(u64, f32)> = idx
+                                .iter()
+                                .map(|&k| map(k))
+                                .zip(val.iter().copied())
+                                .collect();
+                            pairs.sort_unstable_by_key(|p| p.0);
+                            let (indices, values) = pairs.into_iter().unzip();
+                            SparseColumn { indices, values }
+                        })
+                        .collect();
+                    writer.push_low_rank(&LowRankExample {
+                        columns,
+                        norm: rows.norms[e],
+                        extras: rows.extras[e].clone(),
+                    })?;
+                }
+            }
+        }
+        done += rows.n_examples;
+    }
+    writer.finish()?;
+    Ok(())
+}

@@ -48,6 +48,7 @@ fn diagonal_round_trip_with_resume_and_extras() {
             label: Some(i as i64),
             prediction: Some(1),
             logits: Some(vec![0.5, i as f32]),
+            source_line: Some(2 * i as u64 + 1),
         };
         ex
     };
@@ -82,6 +83,10 @@ fn diagonal_round_trip_with_resume_and_extras() {
         }
         let norm = d.iter().map(|v| v * v).sum::<f32>().sqrt();
         assert!((rows.norms[i] - norm).abs() < 1e-5);
+    }
+    // The extras come back with their example, across shards and the resume.
+    for i in 0..5 {
+        assert_eq!(rows.extras[i], example(i).extras, "example {i}");
     }
     let shard = st::MappedFile::open(&dir.join("shard-00001.safetensors")).unwrap();
     assert_eq!(

@@ -172,9 +172,11 @@ fn coeffs_recover(kind: PefKind) {
         },
         dict,
         kept: (0..m as u64).collect(),
+        w: vec![0.0; r],
+        loss_history: vec![],
     };
     let dec_path = tmp.path().join("planted.safetensors");
-    dec.save(&dec_path, &[0.0; 4]).unwrap();
+    dec.save(&dec_path).unwrap();
     let out = tmp.path().join("w.safetensors");
     // Chunks of 16 examples: streaming must not change the answer.
     let w = coeffs(&held_out, &dec_path, 2000, 1, 16, &out).unwrap();

@@ -93,3 +93,27 @@ pub fn testdata(rel: &str) -> PathBuf {
 pub fn s(path: &Path) -> &str {
     path.to_str().expect("UTF-8 path")
 }
+
+/// A copy of the tiny T5 fixture in `dir`/model with a word-level tokenizer (`yes no
+/// maybe a b c d`), so label strings and text data can be used with it.
+pub fn model_with_tokenizer(dir: &Path) -> PathBuf {
+    let model = dir.join("model");
+    std::fs::create_dir_all(&model).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(testdata("fixtures/t5-tiny-v10").join(f), model.join(f)).unwrap();
+    }
+    let mut vocab = String::from("\"<pad>\": 0, \"</s>\": 1, \"<unk>\": 2");
+    for (i, w) in ["yes", "no", "maybe", "a", "b", "c", "d"]
+        .iter()
+        .enumerate()
+    {
+        vocab.push_str(&format!(", \"{w}\": {}", 3 + i));
+    }
+    let json = format!(
+        r#"{{"version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+        "normalizer": null, "pre_tokenizer": {{"type": "Whitespace"}}, "post_processor": null,
+        "decoder": null, "model": {{"type": "WordLevel", "vocab": {{{vocab}}}, "unk_token": "<unk>"}}}}"#
+    );
+    std::fs::write(model.join("tokenizer.json"), json).unwrap();
+    model
+}
