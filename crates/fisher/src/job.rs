@@ -222,6 +222,17 @@ fn outputs_description(outputs: &Outputs) -> String {
     }
 }
 
+/// The outputs a description of [`outputs_description`] names (as recorded in Fisher
+/// and PEF metadata), or `None` when it is not one.
+pub fn outputs_spec(description: &str) -> Option<OutputsSpec> {
+    match description.strip_prefix("labels:") {
+        Some(names) => Some(OutputsSpec::Labels(
+            names.split(',').map(str::to_string).collect(),
+        )),
+        None => (description == "tokens").then_some(OutputsSpec::Tokens),
+    }
+}
+
 /// Settings of `fisherkit pefs`.
 #[derive(Debug, Clone)]
 pub struct PefJob {

@@ -3,7 +3,7 @@
 //! its [`Predictor`], re-reading the examples from the PEFs' data file.
 
 use crate::data::Dataset;
-use crate::job::{load_data, with_model_source_on, OutputsSpec};
+use crate::job::{load_data, outputs_spec, with_model_source_on};
 use crate::model::{output_log_probs, Item, Outputs};
 use anyhow::{bail, ensure, Context, Result};
 use fisherkit_model::{Model, ParamAccess};
@@ -131,17 +131,11 @@ pub fn run_perturb(
         .clone()
         .or_else(|| provenance.data.as_ref().map(PathBuf::from))
         .context("the PEFs do not record their data file: give --data")?;
-    let spec = match provenance.outputs.as_deref() {
-        Some("tokens") => OutputsSpec::Tokens,
-        Some(labels) if labels.starts_with("labels:") => OutputsSpec::Labels(
-            labels["labels:".len()..]
-                .split(',')
-                .map(str::to_string)
-                .collect(),
-        ),
-        other => bail!(
-            "the PEFs record outputs {other:?}: expected \"tokens\" or \"labels:…\" (PEFs written by `fisherkit pefs`)"
-        ),
+    let Some(spec) = provenance.outputs.as_deref().and_then(outputs_spec) else {
+        bail!(
+            "the PEFs record outputs {:?}: expected \"tokens\" or \"labels:…\" (PEFs written by `fisherkit pefs`)",
+            provenance.outputs
+        );
     };
     with_model_source_on(&model_dir, false, |source| {
         check_parameter_table(an, source.model.as_ref(), &model_dir)?;

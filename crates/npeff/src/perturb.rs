@@ -235,6 +235,16 @@ pub fn kl(p: &[f32], q: &[f32]) -> f64 {
         .max(0.0)
 }
 
+/// Mean over examples of [`example_kl`].
+fn mean_kl(perturbed: &[Vec<Vec<f32>>], original: &[Vec<Vec<f32>>]) -> f64 {
+    perturbed
+        .iter()
+        .zip(original)
+        .map(|(p, q)| example_kl(p, q))
+        .sum::<f64>()
+        / perturbed.len().max(1) as f64
+}
+
 /// Mean over an example's output rows of KL(perturbed ‖ original).
 fn example_kl(perturbed: &[Vec<f32>], original: &[Vec<f32>]) -> f64 {
     let n = perturbed.len().max(1) as f64;
@@ -376,22 +386,6 @@ impl Runner<'_> {
         self.predictor.log_probs(Some(&shift), examples)
     }
 
-    fn mean_kl(
-        &mut self,
-        direction: &[f32],
-        step: f64,
-        examples: &[usize],
-        original: &[Vec<Vec<f32>>],
-    ) -> Result<f64> {
-        let perturbed = self.shifted(direction, step, examples)?;
-        Ok(perturbed
-            .iter()
-            .zip(original)
-            .map(|(p, q)| example_kl(p, q))
-            .sum::<f64>()
-            / examples.len().max(1) as f64)
-    }
-
     fn accuracy(&self, rows: &[Vec<Vec<f32>>], examples: &[usize]) -> f64 {
         rows.iter()
             .zip(examples)
@@ -403,15 +397,8 @@ impl Runner<'_> {
     fn sign(&mut self, direction: &[f32], step: f64, sets: &Sets) -> Result<SignResult> {
         let top = self.shifted(direction, step, &sets.top)?;
         let base = self.shifted(direction, step, &sets.baseline)?;
-        let kl_mean = |rows: &[Vec<Vec<f32>>], original: &[Vec<Vec<f32>>]| {
-            rows.iter()
-                .zip(original)
-                .map(|(p, q)| example_kl(p, q))
-                .sum::<f64>()
-                / rows.len().max(1) as f64
-        };
-        let kl_top = kl_mean(&top, &sets.original_top);
-        let kl_baseline = kl_mean(&base, &sets.original_baseline);
+        let kl_top = mean_kl(&top, &sets.original_top);
+        let kl_baseline = mean_kl(&base, &sets.original_baseline);
         Ok(SignResult {
             kl_top,
             kl_baseline,
@@ -436,8 +423,14 @@ impl Runner<'_> {
     /// bracket by factors of 4 from ε = 1, then bisect in log space.
     fn step_for(&mut self, direction: &[f32], target: f64, sets: &Sets) -> Result<f64> {
         let kl_at = |runner: &mut Self, eps: f64| -> Result<f64> {
-            let plus = runner.mean_kl(direction, eps, &sets.baseline, &sets.original_baseline)?;
-            let minus = runner.mean_kl(direction, -eps, &sets.baseline, &sets.original_baseline)?;
+            let plus = mean_kl(
+                &runner.shifted(direction, eps, &sets.baseline)?,
+                &sets.original_baseline,
+            );
+            let minus = mean_kl(
+                &runner.shifted(direction, -eps, &sets.baseline)?,
+                &sets.original_baseline,
+            );
             Ok((plus + minus) / 2.0)
         };
         let (mut lo, mut hi) = (1.0f64, 1.0f64);

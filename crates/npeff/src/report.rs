@@ -85,18 +85,10 @@ fn bars(title: &str, shares: &[Share], limit: usize) -> String {
     for (i, s) in shown.iter().enumerate() {
         let y = 20 + i * row;
         let w = (s.share.clamp(0.0, 1.0) * bar_w as f64).round();
-        let name = if s.name.chars().count() > 52 {
-            format!(
-                "…{}",
-                s.name
-                    .chars()
-                    .rev()
-                    .take(51)
-                    .collect::<Vec<_>>()
-                    .into_iter()
-                    .rev()
-                    .collect::<String>()
-            )
+        // Long tensor names keep their informative end.
+        let chars = s.name.chars().count();
+        let name = if chars > 52 {
+            format!("…{}", s.name.chars().skip(chars - 51).collect::<String>())
         } else {
             s.name.clone()
         };

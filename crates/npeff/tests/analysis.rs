@@ -202,7 +202,7 @@ fn write_pefs(model: &Linear, kind: PefKind, dir: &Path, data: &Path) {
         let log_probs = model.log_probs(&model.v, i);
         let extras = ExampleExtras {
             label: Some(model.labels[i] as i64),
-            prediction: Some(argmax(&log_probs) as i64),
+            prediction: Some(fisherkit_common::argmax(&log_probs) as i64),
             logits: Some(log_probs),
             source_line: Some(i as u64 + 2),
         };
@@ -225,10 +225,6 @@ fn write_pefs(model: &Linear, kind: PefKind, dir: &Path, data: &Path) {
         }
     }
     w.finish().unwrap();
-}
-
-fn argmax(row: &[f32]) -> usize {
-    (0..row.len()).fold(0, |b, i| if row[i] > row[b] { i } else { b })
 }
 
 fn fitted(kind: PefKind, tmp: &Path) -> (Linear, Analysed) {
