@@ -28,6 +28,7 @@ pub mod checkpoint;
 pub mod config_keys;
 pub mod data;
 pub mod generate;
+pub mod host;
 mod linear;
 pub mod peak;
 pub mod tokenizer;
@@ -104,6 +105,14 @@ impl<'a, const D: usize> From<&'a mut Param<Tensor<D>>> for ParamMut<'a> {
 }
 
 impl ParamMut<'_> {
+    /// The same parameter, read-only.
+    pub fn as_ref(&self) -> ParamRef<'_> {
+        match self {
+            ParamMut::Vector(p) => ParamRef::Vector(p),
+            ParamMut::Matrix(p) => ParamRef::Matrix(p),
+        }
+    }
+
     pub fn shape(&self) -> Vec<usize> {
         match self {
             ParamMut::Vector(p) => p.val().dims().to_vec(),
@@ -132,6 +141,23 @@ impl ParamRef<'_> {
             ParamRef::Matrix(p) => p.val().try_into_vec_as::<E>(),
         };
         values.map_err(|e| anyhow::anyhow!("reading parameter values: {e:?}"))
+    }
+
+    /// The values on the host, without a copy on the CPU backend.
+    pub fn host_values(&self) -> Result<host::HostValues> {
+        match self {
+            ParamRef::Vector(p) => host::HostValues::of(p.val()),
+            ParamRef::Matrix(p) => host::HostValues::of(p.val()),
+        }
+    }
+
+    /// The gradient recorded in `grads` on the host, without a copy on the CPU backend.
+    pub fn grad_host(&self, grads: &Gradients) -> Result<Option<host::HostValues>> {
+        match self {
+            ParamRef::Vector(p) => p.val().grad(grads).map(host::HostValues::of),
+            ParamRef::Matrix(p) => p.val().grad(grads).map(host::HostValues::of),
+        }
+        .transpose()
     }
 
     /// The gradient of this parameter recorded in `grads`, as f32 host data.

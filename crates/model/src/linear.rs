@@ -34,17 +34,12 @@ pub fn linear(x: Tensor<2>, weight: Tensor<2>) -> Tensor<2> {
 /// The few-row product when both operands are untracked f32 tensors of the CPU backend
 /// and the weight is contiguous; `None` otherwise (autodiff, GPU, other dtypes).
 fn few_rows_on_cpu(x: &Tensor<2>, weight: &Tensor<2>) -> Option<Tensor<2>> {
-    if x.dtype() != DType::F32 || weight.dtype() != DType::F32 {
+    if x.dtype() != DType::F32 {
         return None;
     }
-    let w = weight.clone().try_into_primitive::<Flex>().ok()?;
-    let layout = w.layout();
+    let w = crate::host::cpu_f32(weight.clone())?;
     let [out_dim, in_dim] = weight.dims();
-    if !layout.is_contiguous() {
-        return None;
-    }
-    let start = layout.start_offset();
-    let w_data = &w.storage::<f32>()[start..start + out_dim * in_dim];
+    let w_data = crate::host::flex_values(&w, out_dim * in_dim);
     let x_flex = x.clone().try_into_primitive::<Flex>().ok()?;
     let rows = x.dims()[0];
     let x_data = x_flex.into_data().try_into_vec::<f32>().ok()?;

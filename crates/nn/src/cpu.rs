@@ -11,9 +11,10 @@
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
-use fisherkit_model::burn::backend::flex::{Flex, FlexTensor};
+use fisherkit_model::burn::backend::flex::FlexTensor;
 use fisherkit_model::burn::module::{Param, ParamId};
-use fisherkit_model::burn::tensor::{DType, Tensor};
+use fisherkit_model::burn::tensor::Tensor;
+use fisherkit_model::host::{cpu_f32, flex_values};
 use fisherkit_model::{matmul_transposed, LogProbModel, ParamAccess, ParamRef, FEW_ROWS};
 
 /// Products with at least this many multiply-adds run on all cores (burn-flex's
@@ -37,8 +38,7 @@ pub struct Weight {
 
 impl Weight {
     pub fn values(&self) -> &[f32] {
-        let start = self.tensor.layout().start_offset();
-        &self.tensor.storage::<f32>()[start..start + self.len()]
+        flex_values(&self.tensor, self.len())
     }
 
     pub fn len(&self) -> usize {
@@ -147,15 +147,6 @@ impl Binder {
             written: vec![false; self.names.len()],
         }
     }
-}
-
-/// The CPU backend's tensor behind a contiguous f32 parameter, shared (not copied).
-fn cpu_f32<const D: usize>(t: Tensor<D>) -> Option<FlexTensor> {
-    if t.dtype() != DType::F32 {
-        return None;
-    }
-    let tensor = t.inner().try_into_primitive::<Flex>().ok()?;
-    tensor.layout().is_contiguous().then_some(tensor)
 }
 
 /// The flat gradient being written: each weight's first contribution overwrites its

@@ -16,7 +16,9 @@ use fisherkit_common::st::{self, MappedFile, OwnedTensor};
 use fisherkit_common::{bail, ensure, Context, Result};
 use fisherkit_model::burn::tensor::activation::log_softmax;
 use fisherkit_model::burn::tensor::{Device, Tensor};
-use fisherkit_model::{gather_targets, Example, LogProbModel, Model, ParamMut, ParamRef};
+use fisherkit_model::host::HostValues;
+use fisherkit_model::{gather_targets, Example, LogProbModel, Model, ParamAccess};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::io::Write;
@@ -132,44 +134,8 @@ pub fn mean_loss(model: &dyn Model, examples: &[Example], batch_size: usize) -> 
     Ok(total / tokens.max(1) as f64)
 }
 
-/// A parameter's current value and gradient as matrices on the inner device.
-fn as_matrix(p: &ParamRef<'_>) -> (Tensor<2>, bool) {
-    match p {
-        ParamRef::Matrix(m) => (m.val().inner(), true),
-        ParamRef::Vector(v) => {
-            let t = v.val().inner();
-            let n = t.dims()[0];
-            (t.reshape([1, n]), false)
-        }
-    }
-}
-
-fn grad_matrix(
-    p: &ParamRef<'_>,
-    grads: &fisherkit_model::burn::tensor::Gradients,
-) -> Option<Tensor<2>> {
-    match p {
-        ParamRef::Matrix(m) => m.val().grad(grads),
-        ParamRef::Vector(v) => v.val().grad(grads).map(|g| {
-            let n = g.dims()[0];
-            g.reshape([1, n])
-        }),
-    }
-}
-
-fn set_param(p: ParamMut<'_>, value: Tensor<2>) {
-    match p {
-        ParamMut::Matrix(m) => {
-            *m = m.clone().map(|_| Tensor::from_inner(value).require_grad());
-        }
-        ParamMut::Vector(v) => {
-            let n = value.dims()[1];
-            *v = v
-                .clone()
-                .map(|_| Tensor::from_inner(value.reshape([n])).require_grad());
-        }
-    }
-}
+/// Elements per parallel task of the step's element-wise passes over gradients.
+const CHUNK: usize = 1 << 16;
 
 /// The newest complete checkpoint in `out`, if any.
 pub fn latest_checkpoint(out: &Path) -> Result<Option<PathBuf>> {
@@ -231,7 +197,7 @@ fn write_checkpoint(
     let staged = StagedDir::new(&dir, true)?;
     model.save_checkpoint(&staged.path().join("model"), tokenizer, false)?;
     let tensors: Vec<(String, OwnedTensor)> = optimizer
-        .state_tensors()?
+        .state_tensors()
         .into_iter()
         .map(|(name, shape, values)| (name, OwnedTensor::f32(shape, &values)))
         .collect();
@@ -268,7 +234,7 @@ pub fn load_checkpoint(
         let (shape, values) = file.read_f32(&name)?;
         tensors.push((name, shape, values));
     }
-    optimizer.load_state(state.step, tensors, &device.clone().inner())?;
+    optimizer.load_state(state.step, tensors)?;
     Ok((model, state))
 }
 
@@ -548,7 +514,10 @@ pub fn train_step(
         let device = model.device();
         let step_targets: usize = batches.iter().flatten().map(|e| e.target_ids.len()).sum();
         ensure!(step_targets > 0, "a training step without target tokens");
-        let mut acc: Vec<Option<Tensor<2>>> = Vec::new();
+        let specs = model.param_specs();
+        // Each parameter's gradient summed over the batches, where the backward pass left
+        // it when there is one batch (`None`: the loss does not reach the parameter).
+        let mut gradients: Vec<Option<HostValues>> = specs.iter().map(|_| None).collect();
         let (mut nll_sum, mut z_sum) = (0.0f64, 0.0f64);
         // Σ over batches of the auxiliary loss × the batch's target tokens.
         let mut auxiliary_sum: Option<f64> = None;
@@ -573,15 +542,18 @@ pub fn train_step(
             if let Some(z) = z {
                 z_sum += f64::from(z.inner().into_scalar::<f32>());
             }
-            let params = model.named_params();
-            if acc.is_empty() {
-                acc = vec![None; params.len()];
-            }
-            for (slot, (_, p)) in acc.iter_mut().zip(&params) {
-                if let Some(g) = grad_matrix(p, &grads) {
-                    *slot = Some(match slot.take() {
-                        Some(a) => a + g,
+            for ((_, p), sum) in model.named_params().iter().zip(&mut gradients) {
+                if let Some(g) = p.grad_host(&grads)? {
+                    *sum = Some(match sum.take() {
                         None => g,
+                        Some(sum) => {
+                            let mut sum = sum.into_vec();
+                            sum.par_iter_mut()
+                                .zip(g.values())
+                                .with_min_len(CHUNK)
+                                .for_each(|(s, g)| *s += g);
+                            HostValues::Read(sum)
+                        }
                     });
                 }
             }
@@ -589,35 +561,52 @@ pub fn train_step(
         let auxiliary = auxiliary_sum.map(|sum| sum / step_targets as f64);
         let loss =
             (nll_sum + config.z_loss * z_sum) / step_targets as f64 + auxiliary.unwrap_or(0.0);
-        let sq_norms: Vec<Tensor<1>> = acc
+        let grad_norm = gradients
             .iter()
             .flatten()
-            .map(|g| g.clone().square().sum())
-            .collect();
-        let grad_norm = if sq_norms.is_empty() {
-            0.0
-        } else {
-            f64::from(Tensor::cat(sq_norms, 0).sum().into_scalar::<f32>()).sqrt()
-        };
+            .map(|g| {
+                g.values()
+                    .par_chunks(CHUNK)
+                    .map(|c| c.iter().map(|&g| f64::from(g) * f64::from(g)).sum::<f64>())
+                    .sum::<f64>()
+            })
+            .sum::<f64>()
+            .sqrt();
         ensure!(
             loss.is_finite() && grad_norm.is_finite(),
             "training diverged: loss {loss}, gradient norm {grad_norm}; stopped without applying the update. Try a lower --lr or gradient clipping (--max-grad-norm)"
         );
         let scale = config
             .max_grad_norm
-            .map_or(1.0, |m| clip_factor(grad_norm, m));
+            .map_or(1.0, |m| clip_factor(grad_norm, m)) as f32;
         optimizer.begin_step();
-        let params = model.named_params_mut();
-        let mut updates = Vec::with_capacity(params.len());
-        for ((name, p), g) in params.into_iter().zip(acc) {
-            let Some(g) = g else { continue };
-            let g = if scale < 1.0 { g.mul_scalar(scale) } else { g };
-            let (value, factored) = as_matrix(&param_ref(&p));
-            let new = optimizer.update(&name, value, g, factored, lr)?;
-            updates.push((p, new));
-        }
-        for (p, new) in updates {
-            set_param(p, new);
+        for (((name, mut p), spec), g) in model
+            .named_params_mut()
+            .into_iter()
+            .zip(&specs)
+            .zip(gradients)
+        {
+            let Some(mut g) = g else { continue };
+            if scale < 1.0 {
+                let mut scaled = g.into_vec();
+                scaled
+                    .par_iter_mut()
+                    .with_min_len(CHUNK)
+                    .for_each(|g| *g *= scale);
+                g = HostValues::Read(scaled);
+            }
+            let (shape, factored) = match spec.shape[..] {
+                [rows, cols] => ([rows, cols], true),
+                _ => ([1, spec.numel()], false),
+            };
+            let old = p
+                .as_ref()
+                .host_values()
+                .with_context(|| format!("parameter {name}"))?;
+            let new = optimizer.update(&name, old.values(), g.values(), shape, factored, lr)?;
+            drop(old);
+            p.set_values(new)
+                .with_context(|| format!("parameter {name}"))?;
         }
         Ok(StepStats {
             loss,
@@ -626,11 +615,4 @@ pub fn train_step(
             grad_norm,
         })
     })
-}
-
-fn param_ref<'a>(p: &'a ParamMut<'_>) -> ParamRef<'a> {
-    match p {
-        ParamMut::Matrix(m) => ParamRef::Matrix(m),
-        ParamMut::Vector(v) => ParamRef::Vector(v),
-    }
 }

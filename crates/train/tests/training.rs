@@ -328,3 +328,76 @@ fn quickstart_runs_end_to_end_on_a_small_budget() {
     // An existing output directory is kept unless forced.
     assert!(fisherkit_train::quickstart::run(&opts, &Device::flex(), &mut |_| {}).is_err());
 }
+
+/// One step of the trainer (gradient read on the host, accumulated over two
+/// micro-batches, clipped, fused AdamW) against PyTorch's first AdamW step written out in
+/// f64 from the autodiff gradient of the whole batch: p·(1 − lr·wd) − lr·ĝ/(|ĝ| + ε),
+/// ĝ = g · min(1, max_norm / (‖g‖ + 1e-6)).
+#[test]
+fn a_step_is_the_clipped_adamw_update_of_the_batch_gradient() {
+    let _serial = serial();
+    let data = examples(4);
+    let (lr, wd, max_norm) = (1e-2, 0.1, 0.05);
+    let reference = model(0.0, 5);
+    let targets: usize = data.iter().map(|e| e.target_ids.len()).sum();
+    let terms = trainer::batch_loss_terms(&*reference, &data, false).unwrap();
+    let grads = terms.nll.div_scalar(targets as f64).backward();
+    // A parameter the loss does not reach has no gradient and keeps its value.
+    let per_param: Vec<(Vec<f64>, Option<Vec<f64>>)> = reference
+        .named_params()
+        .iter()
+        .map(|(_, p)| {
+            let values = p.to_vec::<f64>().unwrap();
+            let g = p.grad_f32(&grads).unwrap();
+            (values, g.map(|g| g.into_iter().map(f64::from).collect()))
+        })
+        .collect();
+    let norm = per_param
+        .iter()
+        .flat_map(|(_, g)| g.iter().flatten())
+        .map(|g| g * g)
+        .sum::<f64>()
+        .sqrt();
+    let clip = (max_norm / (norm + 1e-6)).min(1.0);
+    assert!(
+        clip < 0.5,
+        "the test should exercise clipping (norm {norm})"
+    );
+
+    // A large ε keeps ĝ/(|ĝ| + ε) well conditioned where the gradient is tiny (with 1e-8
+    // it flips with the rounding of a 1e-8 gradient).
+    let adamw = AdamWConfig {
+        weight_decay: wd,
+        eps: 1e-3,
+        ..Default::default()
+    };
+    let mut cfg = config(
+        OptimizerConfig::Adamw(adamw),
+        lr,
+        1,
+        BatchBy::Examples(2),
+        2,
+    );
+    cfg.max_grad_norm = Some(max_norm);
+    let mut trained = model(0.0, 5);
+    let mut optimizer = fisherkit_train::optim::Optimizer::new(cfg.optimizer);
+    let batches = vec![data[..2].to_vec(), data[2..].to_vec()];
+    let stats = trainer::train_step(&mut *trained, &mut optimizer, &batches, &cfg, lr, 1).unwrap();
+    assert!(
+        (stats.grad_norm - norm).abs() < 1e-4 * norm,
+        "{} vs {norm}",
+        stats.grad_norm
+    );
+    for ((name, p), (values, g)) in trained.named_params().iter().zip(&per_param) {
+        let got = p.to_vec::<f64>().unwrap();
+        let Some(g) = g else {
+            assert_eq!(&got, values, "{name} has no gradient and must not move");
+            continue;
+        };
+        for ((got, p0), g) in got.iter().zip(values).zip(g) {
+            let g = g * clip;
+            let want = p0 * (1.0 - lr * wd) - lr * g / (g.abs() + adamw.eps);
+            assert!((got - want).abs() < 1e-3 * lr, "{name}: {got} vs {want}");
+        }
+    }
+}
